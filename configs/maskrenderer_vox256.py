@@ -1,0 +1,21 @@
+"""python train.py --config=configs/maskrenderer_vox256.py --workdir=workdirs/maskrenderer
+
+MaskRenderer on VoxCeleb at 256x256 with the paper's values: K = 10 facial features, CBAM on
+the hourglass skips, the 3D motion field and rendered face as dense-motion inputs (K+2 masks),
+multi-scale occlusion (one mask per generator level: 256, 128, 64, 32) over a three-level
+skip-connected generator (TPSMM).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    config = ml_collections.ConfigDict()
+    model = common.fomm_model(num_kp=10)
+    model.generator.num_down_blocks = 3
+    config.model = common.maskrenderer_model(model)
+    config.lock()
+    return config

@@ -1,0 +1,24 @@
+"""python train.py --config=configs/tiny.py --workdir=/tmp/tiny
+
+64x64, few channels: the full MaskRenderer graph at a size that tests and CPU runs afford.
+`--config=configs/tiny.py:fomm` gives the same sizes as plain FOMM.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = common.parse_arg(arg, fomm=False)
+    model = common.fomm_model(num_kp=4, image_size=64)
+    model.kp_detector.update(block_expansion=8, max_features=32, num_blocks=3)
+    model.dense_motion.update(block_expansion=8, max_features=32, num_blocks=3)
+    model.generator.update(
+        block_expansion=8, max_features=32, num_down_blocks=2, num_bottleneck_blocks=2
+    )
+    model.discriminator.update(block_expansion=8, max_features=32, num_blocks=3)
+    config = ml_collections.ConfigDict()
+    config.model = model if args.fomm else common.maskrenderer_model(model)
+    config.lock()
+    return config

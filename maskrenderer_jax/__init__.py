@@ -1,0 +1,1 @@
+"""maskrenderer-jax: MaskRenderer face reenactment in JAX/Flax."""

@@ -1,0 +1,388 @@
+"""Building blocks shared by every network: coordinate grids, warping, resizing, FOMM's conv
+blocks, anti-alias downsampling, CBAM and the hourglass.
+
+Conventions (docs/DESIGN_NOTES.md): NHWC; coordinates (x, y) in [-1, 1] with pixel centres
+at the edges (torch `align_corners=True`). Warping, resizing and normalisation statistics run
+in float32 whatever the compute dtype.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+def coordinate_grid(height: int, width: int) -> jax.Array:
+    """[H, W, 2] float32 (x, y) with x = 2i/(W-1) - 1 (FOMM's make_coordinate_grid)."""
+    x = 2.0 * (jnp.arange(width, dtype=jnp.float32) / (width - 1)) - 1.0
+    y = 2.0 * (jnp.arange(height, dtype=jnp.float32) / (height - 1)) - 1.0
+    return jnp.stack(jnp.broadcast_arrays(x[None, :], y[:, None]), axis=-1)
+
+
+def kp2gaussian(kp_value: jax.Array, height: int, width: int, variance: float) -> jax.Array:
+    """Gaussian blob per keypoint, as FOMM's kp2gaussian.
+
+    Args:
+      kp_value: [B, K, 2] (x, y) in [-1, 1].
+    Returns:
+      [B, H, W, K] float32, exp(-|z - kp|^2 / (2 variance)).
+    """
+    diff = coordinate_grid(height, width)[None, :, :, None, :] - kp_value[:, None, None, :, :]
+    return jnp.exp(-0.5 * jnp.sum(diff**2, axis=-1) / variance)
+
+
+def warp(inputs: jax.Array, grid: jax.Array) -> jax.Array:
+    """Bilinear sampling = torch `grid_sample(inputs, grid, align_corners=True)`, zero padding.
+
+    The one warping function of the repository.
+
+    Args:
+      inputs: [B, H, W, C] image or features.
+      grid: [B, *S, 2] sampling positions (x, y) in [-1, 1]; (-1, -1) is the centre of the
+        top-left pixel. Any number of spatial dims S (e.g. [B, K, h, w, 2] warps the same
+        input by K fields at once).
+    Returns:
+      [B, *S, C] in the dtype of `inputs`; positions outside the image read zeros.
+    """
+    batch, height, width, channels = inputs.shape
+    spatial = grid.shape[1:-1]
+    grid = grid.reshape(batch, -1, 2).astype(jnp.float32)
+    x = (grid[..., 0] + 1.0) * (0.5 * (width - 1))
+    y = (grid[..., 1] + 1.0) * (0.5 * (height - 1))
+    x0 = jnp.floor(x)
+    y0 = jnp.floor(y)
+    flat = inputs.reshape(batch, height * width, channels)
+    out = jnp.zeros((batch, x.shape[1], channels), jnp.float32)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            weight = (1.0 - jnp.abs(x - xi)) * (1.0 - jnp.abs(y - yi))
+            inside = (xi >= 0) & (xi <= width - 1) & (yi >= 0) & (yi <= height - 1)
+            index = (jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)).astype(
+                jnp.int32
+            )
+            corner = jnp.take_along_axis(flat, index[..., None], axis=1)
+            out = out + corner.astype(jnp.float32) * jnp.where(inside, weight, 0.0)[..., None]
+    return out.reshape(batch, *spatial, channels).astype(inputs.dtype)
+
+
+def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
+    """torch `F.interpolate(mode='bilinear', align_corners=False)` (no anti-aliasing).
+
+    Args:
+      x: [B, h, w, C]. Returns [B, height, width, C], float32 arithmetic, input dtype.
+    """
+    if x.shape[1:3] == (height, width):
+        return x
+    scale = jnp.array([height / x.shape[1], width / x.shape[2]], jnp.float32)
+    out = jax.image.scale_and_translate(
+        x.astype(jnp.float32),
+        (x.shape[0], height, width, x.shape[3]),
+        spatial_dims=(1, 2),
+        scale=scale,
+        translation=jnp.zeros(2, jnp.float32),
+        method="linear",
+        antialias=False,
+    )
+    return out.astype(x.dtype)
+
+
+def upsample_nearest2x(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, 2H, 2W, C], torch `F.interpolate(scale_factor=2)` (nearest)."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def gaussian_kernel(scale: float) -> np.ndarray:
+    """FOMM's anti-alias kernel: sigma = (1/s - 1)/2, size 2*round(4 sigma) + 1, sum 1."""
+    sigma = (1.0 / scale - 1.0) / 2.0
+    size = 2 * round(sigma * 4) + 1
+    coords = np.arange(size, dtype=np.float32) - (size - 1) / 2
+    g = np.exp(-(coords**2) / (2 * sigma**2), dtype=np.float32)
+    kernel = np.outer(g, g)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+class AntiAliasDownsample(nn.Module):
+    """FOMM's AntiAliasInterpolation2d: depthwise Gaussian blur, then every (1/s)-th pixel.
+
+    The kernel is a constant derived from `scale` (FOMM saves it as the buffer `down.weight`;
+    the converter checks the checkpoint's copy against it).
+    """
+
+    scale: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, H, W, C] -> [B, H*s, W*s, C] (float32 in, float32 out)."""
+        if self.scale == 1.0:
+            return x
+        kernel = jnp.asarray(gaussian_kernel(self.scale))
+        size = kernel.shape[0]
+        ka = size // 2
+        kb = ka - 1 if size % 2 == 0 else ka
+        channels = x.shape[-1]
+        weight = jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels))
+        out = jax.lax.conv_general_dilated(
+            x.astype(jnp.float32),
+            weight,
+            window_strides=(1, 1),
+            padding=((ka, kb), (ka, kb)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=channels,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        step = int(round(1.0 / self.scale))
+        return out[:, ::step, ::step, :]
+
+
+def conv_bn_relu(
+    x: jax.Array, features: int, kernel_size: int, *, train: bool, dtype: Dtype, param_dtype: Dtype
+) -> jax.Array:
+    """conv ('conv') -> BN ('norm') -> ReLU, created inside the calling compact module so the
+    parameter names are FOMM's `<block>.conv.*` / `<block>.norm.*`."""
+    pad = kernel_size // 2
+    x = nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        padding=((pad, pad), (pad, pad)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name="conv",
+    )(x)
+    x = batch_norm(train, param_dtype, "norm")(x)
+    return nn.relu(x).astype(dtype)
+
+
+def batch_norm(train: bool, param_dtype: Dtype, name: str) -> nn.BatchNorm:
+    """torch BatchNorm2d: eps 1e-5, momentum 0.1 (flax 0.9); statistics stay float32."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=jnp.float32,
+        param_dtype=param_dtype,
+        use_fast_variance=False,
+        name=name,
+    )
+
+
+class SameBlock(nn.Module):
+    """conv -> BN -> ReLU at constant resolution (FOMM SameBlock2d)."""
+
+    features: int
+    kernel_size: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return conv_bn_relu(
+            x,
+            self.features,
+            self.kernel_size,
+            train=train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+
+class DownBlock(nn.Module):
+    """conv3x3 -> BN -> ReLU -> AvgPool2 (FOMM DownBlock2d)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = conv_bn_relu(
+            x, self.features, 3, train=train, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class UpBlock(nn.Module):
+    """nearest x2 -> conv3x3 -> BN -> ReLU (FOMM UpBlock2d)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return conv_bn_relu(
+            upsample_nearest2x(x),
+            self.features,
+            3,
+            train=train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: x + conv2(relu(bn2(conv1(relu(bn1(x)))))) (FOMM)."""
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        conv = lambda name: nn.Conv(
+            features,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+        out = nn.relu(batch_norm(train, self.param_dtype, "norm1")(x)).astype(self.dtype)
+        out = conv("conv1")(out)
+        out = nn.relu(batch_norm(train, self.param_dtype, "norm2")(out)).astype(self.dtype)
+        out = conv("conv2")(out)
+        return (x + out).astype(self.dtype)
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al. 2018): channel then spatial attention.
+
+    Channel: a shared MLP (C -> C/r -> C) on the average- and max-pooled features, summed,
+    sigmoid. Spatial: a 7x7 conv on the channel-wise average and max, sigmoid. The attention
+    maps are computed in float32.
+    """
+
+    reduction: int = 16
+    spatial_kernel: int = 7
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, H, W, C] -> [B, H, W, C], same dtype."""
+        channels = x.shape[-1]
+        hidden = max(1, channels // self.reduction)
+        fc1 = nn.Dense(hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")
+        fc2 = nn.Dense(channels, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")
+        mlp = lambda v: fc2(nn.relu(fc1(v))).astype(jnp.float32)
+        pooled_avg = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
+        pooled_max = jnp.max(x, axis=(1, 2)).astype(jnp.float32)
+        channel_gate = nn.sigmoid(mlp(pooled_avg) + mlp(pooled_max))[:, None, None, :]
+        x = (x * channel_gate).astype(self.dtype)
+
+        stats = jnp.stack(
+            [jnp.mean(x, -1, dtype=jnp.float32), jnp.max(x, -1).astype(jnp.float32)], axis=-1
+        )
+        pad = self.spatial_kernel // 2
+        spatial = nn.Conv(
+            1,
+            (self.spatial_kernel,) * 2,
+            padding=((pad, pad), (pad, pad)),
+            dtype=jnp.float32,
+            param_dtype=self.param_dtype,
+            name="spatial",
+        )(stats)
+        return (x * nn.sigmoid(spatial)).astype(self.dtype)
+
+
+def _level_features(block_expansion: int, max_features: int, level: int) -> int:
+    return min(max_features, block_expansion * (2**level))
+
+
+class Encoder(nn.Module):
+    """FOMM's hourglass encoder: returns [x, e_1, ..., e_n] (input first, coarsest last)."""
+
+    block_expansion: int
+    num_blocks: int
+    max_features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
+        outs = [x]
+        for i in range(self.num_blocks):
+            features = _level_features(self.block_expansion, self.max_features, i + 1)
+            outs.append(
+                DownBlock(features, self.dtype, self.param_dtype, name=f"down_blocks_{i}")(
+                    outs[-1], train=train
+                )
+            )
+        return outs
+
+
+class Decoder(nn.Module):
+    """FOMM's hourglass decoder; skip connections optionally pass through CBAM (MaskRenderer).
+
+    Returns every level's output, coarsest first; the last one ([B, H, W,
+    block_expansion + C_in]) is FOMM's hourglass output.
+    """
+
+    block_expansion: int
+    num_blocks: int
+    max_features: int
+    attention: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, skips: Sequence[jax.Array], *, train: bool) -> list[jax.Array]:
+        skips = list(skips)
+        out = skips.pop()
+        outs = []
+        for i, level in enumerate(reversed(range(self.num_blocks))):
+            features = _level_features(self.block_expansion, self.max_features, level)
+            out = UpBlock(features, self.dtype, self.param_dtype, name=f"up_blocks_{i}")(
+                out, train=train
+            )
+            skip = skips.pop()
+            # The input itself (level 0) has no attention: images/heatmaps, not features.
+            if self.attention and level > 0:
+                skip = CBAM(dtype=self.dtype, param_dtype=self.param_dtype, name=f"attention_{i}")(
+                    skip
+                )
+            out = jnp.concatenate([out, skip.astype(out.dtype)], axis=-1)
+            outs.append(out)
+        return outs
+
+
+class Hourglass(nn.Module):
+    """U-Net of FOMM (encoder/decoder names as the PyTorch reference), CBAM skips optional."""
+
+    block_expansion: int
+    num_blocks: int
+    max_features: int
+    attention: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
+        """x: [B, H, W, C_in] (H, W divisible by 2^num_blocks).
+
+        Returns:
+          decoder outputs, coarsest first: level j has resolution H / 2^(num_blocks-1-j); the
+          last is [B, H, W, block_expansion + C_in].
+        """
+        skips = Encoder(
+            self.block_expansion,
+            self.num_blocks,
+            self.max_features,
+            self.dtype,
+            self.param_dtype,
+            name="encoder",
+        )(x, train=train)
+        return Decoder(
+            self.block_expansion,
+            self.num_blocks,
+            self.max_features,
+            self.attention,
+            self.dtype,
+            self.param_dtype,
+            name="decoder",
+        )(skips, train=train)

@@ -74,3 +74,17 @@ def maskrenderer_model(model: ml_collections.ConfigDict) -> ml_collections.Confi
     model.generator.skip_connections = True
     model.dense_motion.num_occlusion_masks = model.generator.num_down_blocks + 1
     return model
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """'configs/tiny.py:fomm' -> that file's get_config('fomm') (as absl's config_flags)."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    spec_obj = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec_obj)
+    spec_obj.loader.exec_module(module)
+    return module.get_config(arg or None)

@@ -1,5 +1,8 @@
 """Pieces shared by the config files."""
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
 
@@ -78,9 +81,6 @@ def maskrenderer_model(model: ml_collections.ConfigDict) -> ml_collections.Confi
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """'configs/tiny.py:fomm' -> that file's get_config('fomm') (as absl's config_flags)."""
-    import importlib.util
-    from pathlib import Path
-
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
         raise FileNotFoundError(f"config file {path} not found")

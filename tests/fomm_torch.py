@@ -22,6 +22,7 @@ Extras beyond FOMM: the generator output dict also carries ``'deformation'``
 FOMM yaml ``model_params`` dict; ``randomize_(module, seed)`` fills parameters and
 BatchNorm statistics with deterministic, well-scaled random values.
 """
+
 import math
 
 import torch
@@ -29,12 +30,24 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    'make_coordinate_grid', 'kp2gaussian',
-    'ResBlock2d', 'UpBlock2d', 'DownBlock2d', 'SameBlock2d',
-    'Encoder', 'Decoder', 'Hourglass', 'AntiAliasInterpolation2d',
-    'KPDetector', 'DenseMotionNetwork', 'OcclusionAwareGenerator',
-    'DiscDownBlock2d', 'Discriminator', 'MultiScaleDiscriminator',
-    'build_fomm', 'randomize_',
+    "make_coordinate_grid",
+    "kp2gaussian",
+    "ResBlock2d",
+    "UpBlock2d",
+    "DownBlock2d",
+    "SameBlock2d",
+    "Encoder",
+    "Decoder",
+    "Hourglass",
+    "AntiAliasInterpolation2d",
+    "KPDetector",
+    "DenseMotionNetwork",
+    "OcclusionAwareGenerator",
+    "DiscDownBlock2d",
+    "Discriminator",
+    "MultiScaleDiscriminator",
+    "build_fomm",
+    "randomize_",
 ]
 
 BatchNorm2d = nn.BatchNorm2d
@@ -43,6 +56,7 @@ BatchNorm2d = nn.BatchNorm2d
 # ----------------------------------------------------------------------------
 # util.py
 # ----------------------------------------------------------------------------
+
 
 def make_coordinate_grid(spatial_size, dtype=torch.float32, device=None):
     """[h, w, 2] grid of (x, y) coordinates spanning [-1, 1] x [-1, 1]."""
@@ -56,7 +70,7 @@ def make_coordinate_grid(spatial_size, dtype=torch.float32, device=None):
 
 def kp2gaussian(kp, spatial_size, kp_variance):
     """Gaussian heatmaps [..., h, w] centred at kp['value'] ([..., 2])."""
-    mean = kp['value']
+    mean = kp["value"]
     grid = make_coordinate_grid(spatial_size, dtype=mean.dtype, device=mean.device)
     lead = mean.shape[:-1]
     grid = grid.view((1,) * len(lead) + grid.shape)
@@ -85,8 +99,9 @@ class UpBlock2d(nn.Module):
 
     def __init__(self, in_features, out_features, kernel_size=3, padding=1, groups=1):
         super().__init__()
-        self.conv = nn.Conv2d(in_features, out_features, kernel_size=kernel_size,
-                              padding=padding, groups=groups)
+        self.conv = nn.Conv2d(
+            in_features, out_features, kernel_size=kernel_size, padding=padding, groups=groups
+        )
         self.norm = BatchNorm2d(out_features, affine=True)
 
     def forward(self, x):
@@ -99,8 +114,9 @@ class DownBlock2d(nn.Module):
 
     def __init__(self, in_features, out_features, kernel_size=3, padding=1, groups=1):
         super().__init__()
-        self.conv = nn.Conv2d(in_features, out_features, kernel_size=kernel_size,
-                              padding=padding, groups=groups)
+        self.conv = nn.Conv2d(
+            in_features, out_features, kernel_size=kernel_size, padding=padding, groups=groups
+        )
         self.norm = BatchNorm2d(out_features, affine=True)
         self.pool = nn.AvgPool2d(kernel_size=(2, 2))
 
@@ -113,8 +129,9 @@ class SameBlock2d(nn.Module):
 
     def __init__(self, in_features, out_features, groups=1, kernel_size=3, padding=1):
         super().__init__()
-        self.conv = nn.Conv2d(in_features, out_features, kernel_size=kernel_size,
-                              padding=padding, groups=groups)
+        self.conv = nn.Conv2d(
+            in_features, out_features, kernel_size=kernel_size, padding=padding, groups=groups
+        )
         self.norm = BatchNorm2d(out_features, affine=True)
 
     def forward(self, x):
@@ -128,7 +145,7 @@ class Encoder(nn.Module):
         super().__init__()
         blocks = []
         for i in range(num_blocks):
-            cin = in_features if i == 0 else min(max_features, block_expansion * 2 ** i)
+            cin = in_features if i == 0 else min(max_features, block_expansion * 2**i)
             cout = min(max_features, block_expansion * 2 ** (i + 1))
             blocks.append(DownBlock2d(cin, cout, kernel_size=3, padding=1))
         self.down_blocks = nn.ModuleList(blocks)
@@ -149,7 +166,7 @@ class Decoder(nn.Module):
         for i in reversed(range(num_blocks)):
             mult = 1 if i == num_blocks - 1 else 2
             cin = mult * min(max_features, block_expansion * 2 ** (i + 1))
-            cout = min(max_features, block_expansion * 2 ** i)
+            cout = min(max_features, block_expansion * 2**i)
             blocks.append(UpBlock2d(cin, cout, kernel_size=3, padding=1))
         self.up_blocks = nn.ModuleList(blocks)
         self.out_filters = block_expansion + in_features
@@ -189,12 +206,12 @@ class AntiAliasInterpolation2d(nn.Module):
         self.kb = self.ka - 1 if kernel_size % 2 == 0 else self.ka
 
         coords = torch.arange(kernel_size, dtype=torch.float32) - (kernel_size - 1) / 2
-        g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+        g = torch.exp(-(coords**2) / (2 * sigma**2))
         kernel = g[:, None] * g[None, :]
         kernel = kernel / kernel.sum()
         kernel = kernel.view(1, 1, kernel_size, kernel_size).repeat(channels, 1, 1, 1)
 
-        self.register_buffer('weight', kernel)
+        self.register_buffer("weight", kernel)
         self.groups = channels
         self.scale = scale
 
@@ -210,24 +227,45 @@ class AntiAliasInterpolation2d(nn.Module):
 # keypoint_detector.py
 # ----------------------------------------------------------------------------
 
+
 class KPDetector(nn.Module):
     """Keypoint detector: soft-argmax of hourglass heatmaps (+ local jacobians)."""
 
-    def __init__(self, block_expansion, num_kp, num_channels, max_features,
-                 num_blocks, temperature, estimate_jacobian=False, scale_factor=1,
-                 single_jacobian_map=False, pad=0):
+    def __init__(
+        self,
+        block_expansion,
+        num_kp,
+        num_channels,
+        max_features,
+        num_blocks,
+        temperature,
+        estimate_jacobian=False,
+        scale_factor=1,
+        single_jacobian_map=False,
+        pad=0,
+    ):
         super().__init__()
-        self.predictor = Hourglass(block_expansion, in_features=num_channels,
-                                   max_features=max_features, num_blocks=num_blocks)
+        self.predictor = Hourglass(
+            block_expansion,
+            in_features=num_channels,
+            max_features=max_features,
+            num_blocks=num_blocks,
+        )
         self.kp = nn.Conv2d(self.predictor.out_filters, num_kp, kernel_size=(7, 7), padding=pad)
 
         if estimate_jacobian:
             self.num_jacobian_maps = 1 if single_jacobian_map else num_kp
-            self.jacobian = nn.Conv2d(self.predictor.out_filters, 4 * self.num_jacobian_maps,
-                                      kernel_size=(7, 7), padding=pad)
+            self.jacobian = nn.Conv2d(
+                self.predictor.out_filters,
+                4 * self.num_jacobian_maps,
+                kernel_size=(7, 7),
+                padding=pad,
+            )
             with torch.no_grad():  # FOMM's init: identity jacobian everywhere
                 self.jacobian.weight.zero_()
-                self.jacobian.bias.copy_(torch.tensor([1., 0., 0., 1.] * self.num_jacobian_maps))
+                self.jacobian.bias.copy_(
+                    torch.tensor([1.0, 0.0, 0.0, 1.0] * self.num_jacobian_maps)
+                )
         else:
             self.jacobian = None
 
@@ -240,7 +278,7 @@ class KPDetector(nn.Module):
         """Expected coordinate under each (normalised) heatmap [B, K, h, w]."""
         grid = make_coordinate_grid(heatmap.shape[2:], dtype=heatmap.dtype, device=heatmap.device)
         value = (heatmap.unsqueeze(-1) * grid[None, None]).sum(dim=(2, 3))
-        return {'value': value}
+        return {"value": value}
 
     def forward(self, x):
         if self.scale_factor != 1:
@@ -256,7 +294,7 @@ class KPDetector(nn.Module):
         if self.jacobian is not None:
             jacobian_map = self.jacobian(feature_map).reshape(b, self.num_jacobian_maps, 4, h, w)
             jacobian = (heatmap.unsqueeze(2) * jacobian_map).view(b, k, 4, -1).sum(dim=-1)
-            out['jacobian'] = jacobian.view(b, k, 2, 2)
+            out["jacobian"] = jacobian.view(b, k, 2, 2)
 
         return out
 
@@ -265,18 +303,35 @@ class KPDetector(nn.Module):
 # dense_motion.py
 # ----------------------------------------------------------------------------
 
+
 class DenseMotionNetwork(nn.Module):
     """Predicts a dense backward flow (and occlusion) from sparse keypoint motions."""
 
-    def __init__(self, block_expansion, num_blocks, max_features, num_kp, num_channels,
-                 estimate_occlusion_map=False, scale_factor=1, kp_variance=0.01):
+    def __init__(
+        self,
+        block_expansion,
+        num_blocks,
+        max_features,
+        num_kp,
+        num_channels,
+        estimate_occlusion_map=False,
+        scale_factor=1,
+        kp_variance=0.01,
+    ):
         super().__init__()
-        self.hourglass = Hourglass(block_expansion=block_expansion,
-                                   in_features=(num_kp + 1) * (num_channels + 1),
-                                   max_features=max_features, num_blocks=num_blocks)
-        self.mask = nn.Conv2d(self.hourglass.out_filters, num_kp + 1, kernel_size=(7, 7), padding=(3, 3))
+        self.hourglass = Hourglass(
+            block_expansion=block_expansion,
+            in_features=(num_kp + 1) * (num_channels + 1),
+            max_features=max_features,
+            num_blocks=num_blocks,
+        )
+        self.mask = nn.Conv2d(
+            self.hourglass.out_filters, num_kp + 1, kernel_size=(7, 7), padding=(3, 3)
+        )
         if estimate_occlusion_map:
-            self.occlusion = nn.Conv2d(self.hourglass.out_filters, 1, kernel_size=(7, 7), padding=(3, 3))
+            self.occlusion = nn.Conv2d(
+                self.hourglass.out_filters, 1, kernel_size=(7, 7), padding=(3, 3)
+            )
         else:
             self.occlusion = None
 
@@ -292,8 +347,9 @@ class DenseMotionNetwork(nn.Module):
         Returns [B, K+1, 1, h, w].
         """
         spatial_size = source_image.shape[2:]
-        heatmap = (kp2gaussian(kp_driving, spatial_size, self.kp_variance)
-                   - kp2gaussian(kp_source, spatial_size, self.kp_variance))
+        heatmap = kp2gaussian(kp_driving, spatial_size, self.kp_variance) - kp2gaussian(
+            kp_source, spatial_size, self.kp_variance
+        )
         zeros = heatmap.new_zeros((heatmap.shape[0], 1) + tuple(spatial_size))
         return torch.cat([zeros, heatmap], dim=1).unsqueeze(2)
 
@@ -303,11 +359,13 @@ class DenseMotionNetwork(nn.Module):
         Returns [B, K+1, h, w, 2].
         """
         bs, _, h, w = source_image.shape
-        kp_s, kp_d = kp_source['value'], kp_driving['value']
-        identity = make_coordinate_grid((h, w), dtype=kp_s.dtype, device=kp_s.device).view(1, 1, h, w, 2)
+        kp_s, kp_d = kp_source["value"], kp_driving["value"]
+        identity = make_coordinate_grid((h, w), dtype=kp_s.dtype, device=kp_s.device).view(
+            1, 1, h, w, 2
+        )
         coords = identity - kp_d.view(bs, self.num_kp, 1, 1, 2)
-        if 'jacobian' in kp_driving:
-            jac = torch.matmul(kp_source['jacobian'], torch.inverse(kp_driving['jacobian']))
+        if "jacobian" in kp_driving:
+            jac = torch.matmul(kp_source["jacobian"], torch.inverse(kp_driving["jacobian"]))
             jac = jac[:, :, None, None]  # [B, K, 1, 1, 2, 2]
             coords = torch.matmul(jac, coords.unsqueeze(-1)).squeeze(-1)
         driving_to_source = coords + kp_s.view(bs, self.num_kp, 1, 1, 2)
@@ -328,22 +386,24 @@ class DenseMotionNetwork(nn.Module):
         bs, _, h, w = source_image.shape
 
         out_dict = {}
-        heatmap_representation = self.create_heatmap_representations(source_image, kp_driving, kp_source)
+        heatmap_representation = self.create_heatmap_representations(
+            source_image, kp_driving, kp_source
+        )
         sparse_motion = self.create_sparse_motions(source_image, kp_driving, kp_source)
         deformed_source = self.create_deformed_source_image(source_image, sparse_motion)
-        out_dict['sparse_deformed'] = deformed_source
+        out_dict["sparse_deformed"] = deformed_source
 
         inp = torch.cat([heatmap_representation, deformed_source], dim=2).view(bs, -1, h, w)
         prediction = self.hourglass(inp)
 
         mask = F.softmax(self.mask(prediction), dim=1)
-        out_dict['mask'] = mask
+        out_dict["mask"] = mask
         # [B, K+1, 1, h, w] * [B, K+1, 2, h, w] -> [B, 2, h, w] -> [B, h, w, 2]
         deformation = (sparse_motion.permute(0, 1, 4, 2, 3) * mask.unsqueeze(2)).sum(dim=1)
-        out_dict['deformation'] = deformation.permute(0, 2, 3, 1)
+        out_dict["deformation"] = deformation.permute(0, 2, 3, 1)
 
         if self.occlusion is not None:  # Sec. 3.2
-            out_dict['occlusion_map'] = torch.sigmoid(self.occlusion(prediction))
+            out_dict["occlusion_map"] = torch.sigmoid(self.occlusion(prediction))
 
         return out_dict
 
@@ -352,39 +412,65 @@ class DenseMotionNetwork(nn.Module):
 # generator.py
 # ----------------------------------------------------------------------------
 
+
 class OcclusionAwareGenerator(nn.Module):
     """Encoder -> warp (dense motion) * occlusion -> residual bottleneck -> decoder."""
 
-    def __init__(self, num_channels, num_kp, block_expansion, max_features, num_down_blocks,
-                 num_bottleneck_blocks, estimate_occlusion_map=False, dense_motion_params=None,
-                 estimate_jacobian=False):
+    def __init__(
+        self,
+        num_channels,
+        num_kp,
+        block_expansion,
+        max_features,
+        num_down_blocks,
+        num_bottleneck_blocks,
+        estimate_occlusion_map=False,
+        dense_motion_params=None,
+        estimate_jacobian=False,
+    ):
         super().__init__()
         if dense_motion_params is not None:
-            self.dense_motion_network = DenseMotionNetwork(num_kp=num_kp, num_channels=num_channels,
-                                                           estimate_occlusion_map=estimate_occlusion_map,
-                                                           **dense_motion_params)
+            self.dense_motion_network = DenseMotionNetwork(
+                num_kp=num_kp,
+                num_channels=num_channels,
+                estimate_occlusion_map=estimate_occlusion_map,
+                **dense_motion_params,
+            )
         else:
             self.dense_motion_network = None
 
         self.first = SameBlock2d(num_channels, block_expansion, kernel_size=(7, 7), padding=(3, 3))
 
-        self.down_blocks = nn.ModuleList([
-            DownBlock2d(min(max_features, block_expansion * 2 ** i),
-                        min(max_features, block_expansion * 2 ** (i + 1)),
-                        kernel_size=(3, 3), padding=(1, 1))
-            for i in range(num_down_blocks)])
+        self.down_blocks = nn.ModuleList(
+            [
+                DownBlock2d(
+                    min(max_features, block_expansion * 2**i),
+                    min(max_features, block_expansion * 2 ** (i + 1)),
+                    kernel_size=(3, 3),
+                    padding=(1, 1),
+                )
+                for i in range(num_down_blocks)
+            ]
+        )
 
-        self.up_blocks = nn.ModuleList([
-            UpBlock2d(min(max_features, block_expansion * 2 ** (num_down_blocks - i)),
-                      min(max_features, block_expansion * 2 ** (num_down_blocks - i - 1)),
-                      kernel_size=(3, 3), padding=(1, 1))
-            for i in range(num_down_blocks)])
+        self.up_blocks = nn.ModuleList(
+            [
+                UpBlock2d(
+                    min(max_features, block_expansion * 2 ** (num_down_blocks - i)),
+                    min(max_features, block_expansion * 2 ** (num_down_blocks - i - 1)),
+                    kernel_size=(3, 3),
+                    padding=(1, 1),
+                )
+                for i in range(num_down_blocks)
+            ]
+        )
 
         self.bottleneck = nn.Sequential()
-        bottleneck_features = min(max_features, block_expansion * 2 ** num_down_blocks)
+        bottleneck_features = min(max_features, block_expansion * 2**num_down_blocks)
         for i in range(num_bottleneck_blocks):
-            self.bottleneck.add_module('r' + str(i),
-                                       ResBlock2d(bottleneck_features, kernel_size=(3, 3), padding=(1, 1)))
+            self.bottleneck.add_module(
+                "r" + str(i), ResBlock2d(bottleneck_features, kernel_size=(3, 3), padding=(1, 1))
+            )
 
         self.final = nn.Conv2d(block_expansion, num_channels, kernel_size=(7, 7), padding=(3, 3))
         self.estimate_occlusion_map = estimate_occlusion_map
@@ -394,8 +480,9 @@ class OcclusionAwareGenerator(nn.Module):
         _, h_old, w_old, _ = deformation.shape
         _, _, h, w = inp.shape
         if (h_old, w_old) != (h, w):
-            deformation = F.interpolate(deformation.permute(0, 3, 1, 2), size=(h, w),
-                                        mode='bilinear', align_corners=False).permute(0, 2, 3, 1)
+            deformation = F.interpolate(
+                deformation.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=False
+            ).permute(0, 2, 3, 1)
         return F.grid_sample(inp, deformation, align_corners=True)  # torch 1.0 behaviour
 
     def forward(self, source_image, kp_driving, kp_source):
@@ -405,29 +492,31 @@ class OcclusionAwareGenerator(nn.Module):
 
         output_dict = {}
         if self.dense_motion_network is not None:
-            dense_motion = self.dense_motion_network(source_image=source_image, kp_driving=kp_driving,
-                                                     kp_source=kp_source)
-            output_dict['mask'] = dense_motion['mask']
-            output_dict['sparse_deformed'] = dense_motion['sparse_deformed']
-            occlusion_map = dense_motion.get('occlusion_map')
+            dense_motion = self.dense_motion_network(
+                source_image=source_image, kp_driving=kp_driving, kp_source=kp_source
+            )
+            output_dict["mask"] = dense_motion["mask"]
+            output_dict["sparse_deformed"] = dense_motion["sparse_deformed"]
+            occlusion_map = dense_motion.get("occlusion_map")
             if occlusion_map is not None:
-                output_dict['occlusion_map'] = occlusion_map
-            deformation = dense_motion['deformation']
-            output_dict['deformation'] = deformation  # extra key, not in FOMM
+                output_dict["occlusion_map"] = occlusion_map
+            deformation = dense_motion["deformation"]
+            output_dict["deformation"] = deformation  # extra key, not in FOMM
 
             out = self.deform_input(out, deformation)
             if occlusion_map is not None:
                 if out.shape[2:] != occlusion_map.shape[2:]:
-                    occlusion_map = F.interpolate(occlusion_map, size=out.shape[2:],
-                                                  mode='bilinear', align_corners=False)
+                    occlusion_map = F.interpolate(
+                        occlusion_map, size=out.shape[2:], mode="bilinear", align_corners=False
+                    )
                 out = out * occlusion_map
 
-            output_dict['deformed'] = self.deform_input(source_image, deformation)
+            output_dict["deformed"] = self.deform_input(source_image, deformation)
 
         out = self.bottleneck(out)
         for block in self.up_blocks:
             out = block(out)
-        output_dict['prediction'] = torch.sigmoid(self.final(out))
+        output_dict["prediction"] = torch.sigmoid(self.final(out))
         return output_dict
 
 
@@ -435,8 +524,9 @@ class OcclusionAwareGenerator(nn.Module):
 # discriminator.py
 # ----------------------------------------------------------------------------
 
+
 class DiscDownBlock2d(nn.Module):
-    """Discriminator block: conv (valid padding, optional SN) [-> InstanceNorm] -> LeakyReLU(0.2) [-> avgpool]."""
+    """Discriminator block: conv (valid, optional SN) [-> InstanceNorm] -> LeakyReLU [-> pool]."""
 
     def __init__(self, in_features, out_features, norm=False, kernel_size=4, pool=False, sn=False):
         super().__init__()
@@ -459,15 +549,32 @@ class DiscDownBlock2d(nn.Module):
 class Discriminator(nn.Module):
     """Pix2Pix-like patch discriminator; returns (feature_maps, prediction_map)."""
 
-    def __init__(self, num_channels=3, block_expansion=64, num_blocks=4, max_features=512,
-                 sn=False, use_kp=False, num_kp=10, kp_variance=0.01, **kwargs):
+    def __init__(
+        self,
+        num_channels=3,
+        block_expansion=64,
+        num_blocks=4,
+        max_features=512,
+        sn=False,
+        use_kp=False,
+        num_kp=10,
+        kp_variance=0.01,
+        **kwargs,
+    ):
         super().__init__()
         blocks = []
         for i in range(num_blocks):
-            cin = num_channels + num_kp * use_kp if i == 0 else min(max_features, block_expansion * 2 ** i)
+            cin = (
+                num_channels + num_kp * use_kp
+                if i == 0
+                else min(max_features, block_expansion * 2**i)
+            )
             cout = min(max_features, block_expansion * 2 ** (i + 1))
-            blocks.append(DiscDownBlock2d(cin, cout, norm=(i != 0), kernel_size=4,
-                                          pool=(i != num_blocks - 1), sn=sn))
+            blocks.append(
+                DiscDownBlock2d(
+                    cin, cout, norm=(i != 0), kernel_size=4, pool=(i != num_blocks - 1), sn=sn
+                )
+            )
         self.down_blocks = nn.ModuleList(blocks)
         self.conv = nn.Conv2d(self.down_blocks[-1].conv.out_channels, out_channels=1, kernel_size=1)
         if sn:
@@ -492,21 +599,24 @@ class MultiScaleDiscriminator(nn.Module):
     def __init__(self, scales=(), **kwargs):
         super().__init__()
         self.scales = scales
-        self.discs = nn.ModuleDict({str(s).replace('.', '-'): Discriminator(**kwargs) for s in scales})
+        self.discs = nn.ModuleDict(
+            {str(s).replace(".", "-"): Discriminator(**kwargs) for s in scales}
+        )
 
     def forward(self, x, kp=None):
         out_dict = {}
         for key, disc in self.discs.items():
-            s = key.replace('-', '.')
-            feature_maps, prediction_map = disc(x['prediction_' + s], kp)
-            out_dict['feature_maps_' + s] = feature_maps
-            out_dict['prediction_map_' + s] = prediction_map
+            s = key.replace("-", ".")
+            feature_maps, prediction_map = disc(x["prediction_" + s], kp)
+            out_dict["feature_maps_" + s] = feature_maps
+            out_dict["prediction_map_" + s] = prediction_map
         return out_dict
 
 
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
+
 
 def build_fomm(config):
     """Build (kp_detector, generator, discriminator) in eval mode.
@@ -515,12 +625,12 @@ def build_fomm(config):
     ``kp_detector_params``, ``generator_params``, ``discriminator_params``);
     a full yaml dict with a ``model_params`` entry is accepted too.
     """
-    if 'model_params' in config:
-        config = config['model_params']
-    common = dict(config.get('common_params', {}))
-    kp_detector = KPDetector(**config['kp_detector_params'], **common)
-    generator = OcclusionAwareGenerator(**config['generator_params'], **common)
-    discriminator = MultiScaleDiscriminator(**config.get('discriminator_params', {}), **common)
+    if "model_params" in config:
+        config = config["model_params"]
+    common = dict(config.get("common_params", {}))
+    kp_detector = KPDetector(**config["kp_detector_params"], **common)
+    generator = OcclusionAwareGenerator(**config["generator_params"], **common)
+    discriminator = MultiScaleDiscriminator(**config.get("discriminator_params", {}), **common)
     return kp_detector.eval(), generator.eval(), discriminator.eval()
 
 
@@ -575,7 +685,7 @@ def randomize_(module, seed):
 
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            sn = hasattr(m, 'weight_orig')
+            sn = hasattr(m, "weight_orig")
             w = m.weight_orig if sn else m.weight
             fan_in = w.shape[1] * w.shape[2] * w.shape[3]
             gain = 1.0 if id(m) in head_convs else 2.0
@@ -586,7 +696,7 @@ def randomize_(module, seed):
             if id(m) in jacobian_convs:
                 w.mul_(_JACOBIAN_WEIGHT_SCALE)
                 n_maps = m.bias.shape[0] // 4
-                m.bias.add_(torch.tensor([1., 0., 0., 1.] * n_maps))
+                m.bias.add_(torch.tensor([1.0, 0.0, 0.0, 1.0] * n_maps))
             if sn:
                 w_mat = w.reshape(w.shape[0], -1)
                 u = F.normalize(normal(m.weight_u.shape, 1.0), dim=0)
@@ -600,7 +710,7 @@ def randomize_(module, seed):
             if m.weight is not None:
                 m.weight.copy_(uniform(m.weight.shape, 0.5, 1.5))
                 m.bias.copy_(uniform(m.bias.shape, -0.1, 0.1))
-            if getattr(m, 'running_mean', None) is not None:
+            if getattr(m, "running_mean", None) is not None:
                 m.running_mean.copy_(uniform(m.running_mean.shape, -0.1, 0.1))
                 m.running_var.copy_(uniform(m.running_var.shape, 0.5, 1.5))
         elif isinstance(m, nn.Linear):  # not used by FOMM; handled for completeness

@@ -36,7 +36,8 @@ def run_parity(model_config, batch, seed):
 
     model = mr.build_model(model_config)
     out = jax.jit(lambda v, s, d: model.apply(v, s, d, train=False))(
-        networks["model"], source, driving)
+        networks["model"], source, driving
+    )
     got = fomm.probe(model_config, networks["model"], source, driving)
     got.update(mask=out["mask"], deformed=out["deformed"], sparse_deformed=out["sparse_deformed"])
     assert set(expected) <= set(got)
@@ -67,14 +68,17 @@ def test_discriminator_matches_torch(train):
     with torch.no_grad():
         expected = disc({"prediction_1": torch_utils.nchw(image)})
     out, state = mr.build_discriminator(model_config).apply(
-        networks["discriminator"], {"prediction_1": image}, train=train, mutable=["batch_stats"])
+        networks["discriminator"], {"prediction_1": image}, train=train, mutable=["batch_stats"]
+    )
     for i, fmap in enumerate(expected["feature_maps_1"]):
         np.testing.assert_allclose(out["feature_maps_1"][i], torch_utils.nhwc(fmap), atol=ATOL)
-    np.testing.assert_allclose(out["prediction_map_1"],
-                               torch_utils.nhwc(expected["prediction_map_1"]), atol=ATOL)
+    np.testing.assert_allclose(
+        out["prediction_map_1"], torch_utils.nhwc(expected["prediction_map_1"]), atol=ATOL
+    )
     # Training runs one power iteration and stores u, v as torch does.
-    after = fomm.export_checkpoint({"model": networks["model"], "discriminator": state},
-                                   model_config)["discriminator"]
+    after = fomm.export_checkpoint(
+        {"model": networks["model"], "discriminator": state}, model_config
+    )["discriminator"]
     for key, value in disc.state_dict().items():
         if key.endswith(("weight_u", "weight_v")):
             np.testing.assert_allclose(after[key], value.numpy(), atol=1e-5, err_msg=key)

@@ -1,31 +1,61 @@
 """Glue between the project's configs and the PyTorch reference modules in fomm_torch.py."""
 
+import fomm_torch
 import numpy as np
 import torch
-
-import fomm_torch
 
 
 def fomm_model_params(model) -> dict:
     """A FOMM yaml `model_params` dict equivalent to a config's FOMM-shaped `model` section."""
     kp, dm, gen, disc = model.kp_detector, model.dense_motion, model.generator, model.discriminator
     return {
-        "common_params": {"num_kp": model.num_kp, "num_channels": 3,
-                          "estimate_jacobian": kp.estimate_jacobian},
-        "kp_detector_params": {k: kp[k] for k in ("temperature", "block_expansion",
-                                                  "max_features", "scale_factor", "num_blocks",
-                                                  "single_jacobian_map", "pad")},
-        "generator_params": {
-            **{k: gen[k] for k in ("block_expansion", "max_features", "num_down_blocks",
-                                   "num_bottleneck_blocks")},
-            "estimate_occlusion_map": dm.estimate_occlusion_map,
-            "dense_motion_params": {k: dm[k] for k in ("block_expansion", "max_features",
-                                                       "num_blocks", "scale_factor",
-                                                       "kp_variance")},
+        "common_params": {
+            "num_kp": model.num_kp,
+            "num_channels": 3,
+            "estimate_jacobian": kp.estimate_jacobian,
         },
-        "discriminator_params": {"scales": list(disc.scales), "use_kp": disc.use_kp,
-                                 **{k: disc[k] for k in ("block_expansion", "max_features",
-                                                         "num_blocks", "sn", "kp_variance")}},
+        "kp_detector_params": {
+            k: kp[k]
+            for k in (
+                "temperature",
+                "block_expansion",
+                "max_features",
+                "scale_factor",
+                "num_blocks",
+                "single_jacobian_map",
+                "pad",
+            )
+        },
+        "generator_params": {
+            **{
+                k: gen[k]
+                for k in (
+                    "block_expansion",
+                    "max_features",
+                    "num_down_blocks",
+                    "num_bottleneck_blocks",
+                )
+            },
+            "estimate_occlusion_map": dm.estimate_occlusion_map,
+            "dense_motion_params": {
+                k: dm[k]
+                for k in (
+                    "block_expansion",
+                    "max_features",
+                    "num_blocks",
+                    "scale_factor",
+                    "kp_variance",
+                )
+            },
+        },
+        "discriminator_params": {
+            "scales": list(disc.scales),
+            "use_kp": disc.use_kp,
+            **{
+                k: disc[k]
+                for k in ("block_expansion", "max_features", "num_blocks", "sn", "kp_variance")
+            },
+        },
     }
 
 
@@ -40,8 +70,12 @@ def random_fomm(model, seed: int = 0):
 def checkpoint_of(nets) -> dict:
     """A FOMM-style checkpoint dict (state dicts as numpy-convertible tensors)."""
     kp, gen, disc = nets
-    return {"kp_detector": kp.state_dict(), "generator": gen.state_dict(),
-            "discriminator": disc.state_dict(), "epoch": 3}
+    return {
+        "kp_detector": kp.state_dict(),
+        "generator": gen.state_dict(),
+        "discriminator": disc.state_dict(),
+        "epoch": 3,
+    }
 
 
 def nchw(x: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,105 @@
+"""Layer-level behaviour against torch: warp (grid_sample), resizing, anti-alias, CBAM."""
+
+import fomm_torch
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torch_utils
+
+from maskrenderer_jax.models import layers
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 16, 16, 5)])
+def test_warp_matches_grid_sample_align_corners(shape):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=shape).astype(np.float32)
+    # Sampling points inside, on the border and outside [-1, 1] (zero padding).
+    grid = rng.uniform(-1.3, 1.3, size=(shape[0], 11, 13, 2)).astype(np.float32)
+    grid[:, 0, 0] = [-1, -1]
+    grid[:, 0, 1] = [1, 1]
+    expected = F.grid_sample(
+        torch_utils.nchw(image), torch.from_numpy(grid), align_corners=True, padding_mode="zeros"
+    )
+    got = layers.warp(jnp.asarray(image), jnp.asarray(grid))
+    np.testing.assert_allclose(got, torch_utils.nhwc(expected), atol=1e-5)
+
+
+def test_warp_identity_grid_and_extra_spatial_dims():
+    image = jax.random.uniform(jax.random.key(0), (2, 8, 10, 3))
+    grid = jnp.broadcast_to(layers.coordinate_grid(8, 10), (2, 4, 8, 10, 2))
+    out = layers.warp(image, grid)
+    assert out.shape == (2, 4, 8, 10, 3)
+    np.testing.assert_allclose(out, jnp.broadcast_to(image[:, None], out.shape), atol=1e-6)
+
+
+def test_warp_gradients_are_finite_and_nonzero():
+    image = jax.random.uniform(jax.random.key(0), (1, 8, 8, 3))
+    grid = jax.random.uniform(jax.random.key(1), (1, 5, 5, 2), minval=-0.9, maxval=0.9)
+    g_img, g_grid = jax.grad(lambda i, g: jnp.sum(layers.warp(i, g) ** 2), (0, 1))(image, grid)
+    assert np.all(np.isfinite(g_img)) and np.all(np.isfinite(g_grid))
+    assert np.abs(g_grid).sum() > 0
+
+
+@pytest.mark.parametrize("size", [(32, 32), (8, 12), (33, 17)])
+def test_resize_bilinear_matches_interpolate(size):
+    x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    expected = F.interpolate(torch_utils.nchw(x), size=size, mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(
+        layers.resize_bilinear(jnp.asarray(x), *size), torch_utils.nhwc(expected), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("scale", [0.25, 0.5])
+def test_antialias_downsample_matches_fomm(scale):
+    x = np.random.default_rng(2).uniform(size=(2, 64, 64, 3)).astype(np.float32)
+    reference = fomm_torch.AntiAliasInterpolation2d(3, scale)
+    with torch.no_grad():
+        expected = reference(torch_utils.nchw(x))
+    got = layers.AntiAliasDownsample(scale).apply({}, jnp.asarray(x))
+    np.testing.assert_allclose(got, torch_utils.nhwc(expected), atol=1e-6)
+    np.testing.assert_allclose(
+        layers.gaussian_kernel(scale), reference.weight[0, 0].numpy(), atol=1e-7
+    )
+
+
+def test_kp2gaussian_matches_fomm():
+    kp = np.random.default_rng(3).uniform(-1, 1, size=(2, 5, 2)).astype(np.float32)
+    expected = fomm_torch.kp2gaussian({"value": torch.from_numpy(kp)}, (12, 9), 0.01)
+    got = layers.kp2gaussian(jnp.asarray(kp), 12, 9, 0.01)
+    np.testing.assert_allclose(np.moveaxis(np.asarray(got), -1, 1), expected.numpy(), atol=1e-6)
+
+
+def test_cbam_gates_features_in_unit_interval():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+    cbam = layers.CBAM(reduction=16)
+    variables = cbam.init(jax.random.key(1), x)
+    assert variables["params"]["fc1"]["kernel"].shape == (32, 2)
+    assert variables["params"]["spatial"]["kernel"].shape == (7, 7, 2, 1)
+    out = cbam.apply(variables, x)
+    assert out.shape == x.shape and np.all(np.isfinite(out))
+    # Each output is the input scaled by a channel gate and a spatial gate, both in (0, 1).
+    ratio = np.asarray(out / x)
+    assert np.all((ratio > 0) & (ratio < 1))
+    out_bf16 = layers.CBAM(dtype=jnp.bfloat16).apply(variables, x.astype(jnp.bfloat16))
+    assert out_bf16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out_bf16.astype(jnp.float32), out, atol=0.05, rtol=0.05)
+
+
+def test_hourglass_attention_adds_cbam_on_feature_skips_only():
+    x = jnp.zeros((1, 16, 16, 4))
+    plain = layers.Hourglass(8, 3, 32)
+    attn = layers.Hourglass(8, 3, 32, attention=True)
+    v_plain = plain.init(jax.random.key(0), x, train=False)
+    v_attn = attn.init(jax.random.key(0), x, train=False)
+    decoder = v_attn["params"]["decoder"]
+    assert sorted(k for k in decoder if k.startswith("attention")) == [
+        "attention_0",
+        "attention_1",
+    ]  # the two feature skips; the input skip has none
+    outs = attn.apply(v_attn, x, train=False)
+    assert [o.shape[1] for o in outs] == [4, 8, 16]
+    assert outs[-1].shape[-1] == 8 + 4  # block_expansion + input channels, as FOMM
+    assert jax.tree.structure(v_plain["batch_stats"]) == jax.tree.structure(v_attn["batch_stats"])

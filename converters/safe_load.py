@@ -25,6 +25,7 @@ _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"),
     ("builtins", "set"),
     ("builtins", "frozenset"),
+    ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3 (str -> bytes)
 }
 
 

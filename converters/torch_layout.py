@@ -10,7 +10,6 @@ otherwise one ConversionError lists every mismatch.
 import re
 from dataclasses import dataclass
 
-import jax
 import numpy as np
 
 MODULE_RENAMES = (
@@ -186,7 +185,3 @@ def _flatten(tree: dict, prefix: tuple[str, ...] = ()):
         else:
             yield (*prefix, str(key)), value
 
-
-def abstract(tree) -> dict:
-    """Shapes of a variables tree (works on jax.eval_shape output or arrays)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)

@@ -136,14 +136,16 @@ def test_bfloat16_compute_runs_and_stays_close(tiny_setup):
 def test_bad_inputs_raise_clear_errors(tiny_setup):
     config, variables, inputs = tiny_setup
     model = mr.build_model(config.model)
+    # Shape errors surface while tracing: eval_shape checks them without running the network.
+    trace = lambda m, v, **x: jax.eval_shape(lambda: m.apply(v, **x, train=False))
     with pytest.raises(ValueError, match=r"source must be \[B, H, W, 3\]"):
-        model.apply(variables, **{**inputs, "source": inputs["source"][0]}, train=False)
+        trace(model, variables, **{**inputs, "source": inputs["source"][0]})
     with pytest.raises(ValueError, match=r"driving must be \[B, H, W, 3\].*\(2, 64, 64, 4\)"):
-        model.apply(
-            variables, **{**inputs, "driving": np.zeros((2, 64, 64, 4), np.float32)}, train=False
-        )
+        trace(model, variables, **{**inputs, "driving": np.zeros((2, 64, 64, 4), np.float32)})
     with pytest.raises(ValueError, match="configured with the 3D branch"):
-        model.apply(variables, inputs["source"], inputs["driving"], train=False)
+        trace(model, variables, source=inputs["source"], driving=inputs["driving"])
     fomm_model = tiny.get_config("fomm").model
     with pytest.raises(ValueError, match="has no 3D inputs"):
-        mr.build_model(fomm_model).init(jax.random.key(0), **inputs, train=False)
+        jax.eval_shape(
+            lambda: mr.build_model(fomm_model).init(jax.random.key(0), **inputs, train=False)
+        )

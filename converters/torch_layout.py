@@ -16,6 +16,8 @@ MODULE_RENAMES = (
     (re.compile(r"^(down_blocks|up_blocks|up|occlusion|attention)_(\d+)$"), r"\1.\2"),
     (re.compile(r"^bottleneck_(r\d+)$"), r"bottleneck.\1"),
     (re.compile(r"^discs_(.+)$"), r"discs.\1"),
+    # torchvision ResNet (nets/resnet.py) and Deep3DFace's heads: nn.Sequential/ModuleList items.
+    (re.compile(r"^(layer\d+|downsample|final_layers)_(\d+)$"), r"\1.\2"),
 )
 
 LEAF_RULES = {  # (Flax collection, Flax leaf name) -> PyTorch leaf name
@@ -184,4 +186,3 @@ def _flatten(tree: dict, prefix: tuple[str, ...] = ()):
             yield from _flatten(value, (*prefix, str(key)))
         else:
             yield (*prefix, str(key)), value
-

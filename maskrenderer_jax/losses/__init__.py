@@ -1,0 +1,45 @@
+"""Training losses of MaskRenderer (eqs. (5)-(12)): FOMM's perceptual pyramid, LSGAN and
+feature matching, TPS equivariance; TPSMM's warping loss; the identity triplet loss.
+
+All are pure, jit-able functions reducing in float32; scalar loss weights are the caller's.
+"""
+
+from maskrenderer_jax.losses.adversarial import (
+    discriminator_gan_loss,
+    feature_matching_loss,
+    generator_gan_loss,
+)
+from maskrenderer_jax.losses.equivariance import (
+    TPSTransform,
+    equivariance_losses,
+    random_tps_transform,
+    reflect_coordinates,
+)
+from maskrenderer_jax.losses.perceptual import perceptual_loss
+from maskrenderer_jax.losses.pyramid import FOMM_SCALES, image_pyramid, pyramid_key
+from maskrenderer_jax.losses.triplet import (
+    identity_triplet_loss,
+    l2_normalize,
+    pairwise_distance,
+    triplet_loss,
+)
+from maskrenderer_jax.losses.warping import warping_loss
+
+__all__ = [
+    "FOMM_SCALES",
+    "TPSTransform",
+    "discriminator_gan_loss",
+    "equivariance_losses",
+    "feature_matching_loss",
+    "generator_gan_loss",
+    "identity_triplet_loss",
+    "image_pyramid",
+    "l2_normalize",
+    "pairwise_distance",
+    "perceptual_loss",
+    "pyramid_key",
+    "random_tps_transform",
+    "reflect_coordinates",
+    "triplet_loss",
+    "warping_loss",
+]

@@ -18,6 +18,8 @@ MODULE_RENAMES = (
     (re.compile(r"^discs_(.+)$"), r"discs.\1"),
     # torchvision ResNet (nets/resnet.py) and Deep3DFace's heads: nn.Sequential/ModuleList items.
     (re.compile(r"^(layer\d+|downsample|final_layers)_(\d+)$"), r"\1.\2"),
+    # torchvision VGG19 (nets/vgg19.py): `features` is an nn.Sequential.
+    (re.compile(r"^features_(\d+)$"), r"features.\1"),
 )
 
 LEAF_RULES = {  # (Flax collection, Flax leaf name) -> PyTorch leaf name

@@ -1,0 +1,133 @@
+"""torchvision VGG19 (`vgg19-dcbb9e9d.pth`) <-> nets/vgg19.py `Vgg19` variables.
+
+The checkpoint is torchvision's plain state dict: `features.{0,2,...,34}.{weight,bias}` and
+`classifier.{0,3,6}.{weight,bias}`. Vgg19 stops at relu5_1 (FOMM's perceptual loss), so the
+convs after it (`features.30/32/34`) and the classifier are dropped: they are listed in
+DROPPED_KEYS and may be present or absent; any other key that does not fit is an error.
+
+Import:  python -m converters.vgg19 --checkpoint vgg19-dcbb9e9d.pth --out DIR
+Export:  python -m converters.vgg19 --variables DIR --export vgg19_features.pth
+Probe:   python -m converters.vgg19 --checkpoint vgg19-dcbb9e9d.pth --probe images.npz \
+             --probe-out features.npz
+
+DIR holds {'params'} for `Vgg19().apply` (maskrenderer_jax.params_io). The export holds the
+kept keys only (`features.0` .. `features.28`; load into torchvision's vgg19 with
+strict=False). The probe reads `images` [B, H, W, 3] float32 RGB in [0, 1] and writes
+relu1_1 .. relu5_1 as [B, h, w, C] float32 arrays.
+"""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from converters import safe_load, torch_layout
+from maskrenderer_jax import params_io
+from maskrenderer_jax.nets.vgg19 import LAYERS, Vgg19
+
+# Present in torchvision's checkpoint, unused by a network cut after relu5_1.
+DROPPED_MODULES = (
+    "features.30",  # conv5_2 .. conv5_4
+    "features.32",
+    "features.34",
+    "classifier.0",  # fc6, fc7, fc8 (1000 ImageNet classes)
+    "classifier.3",
+    "classifier.6",
+)
+DROPPED_KEYS = tuple(f"{m}.{leaf}" for m in DROPPED_MODULES for leaf in ("weight", "bias"))
+MIN_SIZE = 16  # four 2x2 max pools before relu5_1
+
+
+def abstract_variables() -> dict:
+    """Shapes of Vgg19's {'params'} (nothing is computed)."""
+    x = jax.ShapeDtypeStruct((1, MIN_SIZE, MIN_SIZE, 3), jnp.float32)
+    return jax.eval_shape(lambda x: Vgg19().init(jax.random.key(0), x), x)
+
+
+def import_state_dict(state_dict: object, source: str = "checkpoint") -> dict:
+    """torchvision vgg19 state dict (tensors or arrays) -> Vgg19 variables (numpy float32).
+
+    Raises ConversionError listing every missing, unexpected and mismatched key.
+    """
+    if not isinstance(state_dict, dict):
+        raise torch_layout.ConversionError(
+            f"{source}: not a torchvision vgg19 state dict (a dict of tensors); found "
+            f"{type(state_dict).__name__}"
+        )
+    state = safe_load.to_numpy(state_dict, source)
+    kept = {k: v for k, v in state.items() if k not in DROPPED_KEYS}
+    return torch_layout.from_torch(kept, abstract_variables(), source=source)
+
+
+def export_state_dict(variables: dict) -> dict[str, np.ndarray]:
+    """Vgg19 variables -> torchvision-layout state dict (numpy) of features.0 .. features.28."""
+    return torch_layout.to_torch(variables)
+
+
+@jax.jit  # module level: one compile per input shape for every probe in the process
+def _features(variables: dict, images: jax.Array) -> tuple[jax.Array, ...]:
+    return Vgg19().apply(variables, images)
+
+
+def probe(variables: dict, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Runs Vgg19 on images [B, H, W, 3] in [0, 1] -> {'relu1_1': ..., 'relu5_1': ...}."""
+    outputs = _features(variables, images)
+    return {name: np.asarray(x, np.float32) for name, x in zip(LAYERS, outputs, strict=True)}
+
+
+def read_probe_inputs(path: str) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        if "images" not in data:
+            raise ValueError(f"{path}: missing array 'images'; found {sorted(data.files)}")
+        images = np.asarray(data["images"], np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < MIN_SIZE:
+        raise ValueError(
+            f"{path}: images must be [B, H, W, 3] float32 RGB in [0, 1], at least "
+            f"{MIN_SIZE}x{MIN_SIZE}; got {images.shape}"
+        )
+    return images
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m converters.vgg19",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="torchvision vgg19 state dict (.pth) to import")
+    source.add_argument("--variables", help="directory of converted Flax variables")
+    parser.add_argument("--out", help="write the imported Flax variables to this directory")
+    parser.add_argument("--export", help="write the torchvision-layout state dict to this file")
+    parser.add_argument("--probe", help="npz with images [B, H, W, 3] RGB in [0, 1]")
+    parser.add_argument("--probe-out", help="npz the probe writes relu1_1 .. relu5_1 to")
+    args = parser.parse_args(argv)
+    if args.probe and not args.probe_out:
+        parser.error("--probe needs --probe-out")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.checkpoint:
+        variables = import_state_dict(safe_load.load_torch(args.checkpoint), args.checkpoint)
+    else:
+        variables = params_io.load_variables(args.variables)
+    if args.out:
+        print(f"wrote Vgg19 variables to {params_io.save_variables(args.out, variables)}")
+    if args.export:
+        import torch
+
+        state = export_state_dict(variables)
+        torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, args.export)
+        print(f"wrote the vgg19 state dict ({len(state)} tensors) to {args.export}")
+    if args.probe:
+        result = probe(variables, read_probe_inputs(args.probe))
+        np.savez(args.probe_out, **result)
+        shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
+        print(f"wrote {shapes} to {args.probe_out}")
+
+
+if __name__ == "__main__":
+    main()

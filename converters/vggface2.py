@@ -1,0 +1,134 @@
+"""VGGFace2 resnet50_ft (`resnet50_ft_weight.pkl`) <-> nets/vggface2.py `VGGFace2` variables.
+
+The weights of cydonia999/VGGFace2-pytorch are a pickle (Python 2, read with latin1) of a dict
+name -> numpy array, the names being the state-dict keys of its `resnet50(num_classes=8631)`
+(`conv1.weight`, `bn1.running_mean`, `layer1.0.downsample.0.weight`, ..., `fc.weight`). It is
+read through converters/safe_load.py's restricted unpickler: a pickle that names anything but
+numpy arrays and plain containers is refused before any of it runs. The identity classifier
+(`fc`, DROPPED_KEYS) is dropped; every other key must fit exactly.
+
+Import:  python -m converters.vggface2 --pickle resnet50_ft_weight.pkl --out DIR
+Export:  python -m converters.vggface2 --variables DIR --export resnet50_ft_trunk.pkl
+Probe:   python -m converters.vggface2 --pickle resnet50_ft_weight.pkl --probe images.npz \
+             --probe-out embeddings.npz
+
+DIR holds {'params', 'batch_stats'} for `VGGFace2().apply` (maskrenderer_jax.params_io). The
+export is a pickle in the same format without `fc` (the reference's `load_state_dict` loads it
+into `resnet50(include_top=False)`). The probe reads `images` [B, H, W, 3] float32 RGB in
+[0, 1] (FOMM 256x256 crops; see nets/vggface2.py for the preprocessing) and writes
+`embeddings` [B, 2048] (L2-normalised) and `features` [B, 2048] (before normalisation).
+"""
+
+import argparse
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from converters import safe_load, torch_layout
+from maskrenderer_jax import params_io
+from maskrenderer_jax.nets.vggface2 import VGGFace2, l2_normalize, preprocess
+
+# The 8631-identity classifier: not part of the embedding network.
+DROPPED_KEYS = ("fc.weight", "fc.bias")
+MIN_SIZE = 32  # layer4 has stride 32
+
+
+def abstract_variables() -> dict:
+    """Shapes of VGGFace2's {'params', 'batch_stats'} (nothing is computed)."""
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    return jax.eval_shape(lambda x: VGGFace2().init(jax.random.key(0), x), x)
+
+
+def import_weights(weights: object, source: str = "pickle") -> dict:
+    """The unpickled dict name -> array -> VGGFace2 variables (numpy float32).
+
+    Raises ConversionError listing every missing, unexpected and mismatched key.
+    """
+    if not isinstance(weights, dict):
+        raise torch_layout.ConversionError(
+            f"{source}: not a VGGFace2 weights pickle (a dict name -> numpy array); found "
+            f"{type(weights).__name__}"
+        )
+    state = safe_load.to_numpy(weights, source)
+    kept = {k: v for k, v in state.items() if k not in DROPPED_KEYS}
+    return torch_layout.from_torch(kept, abstract_variables(), source=source)
+
+
+def export_weights(variables: dict) -> dict[str, np.ndarray]:
+    """VGGFace2 variables -> {state-dict key: float32 array} without `fc` or BN counters."""
+    state = torch_layout.to_torch(variables)
+    # The published pickle has no num_batches_tracked (it predates them); keep the format.
+    return {k: v for k, v in state.items() if not k.endswith(torch_layout.IGNORED_SUFFIXES)}
+
+
+@jax.jit  # module level: one compile per input shape for every probe in the process
+def _embed(variables: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    features = VGGFace2().apply(variables, preprocess(images))
+    return l2_normalize(features), features
+
+
+def probe(variables: dict, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Images [B, H, W, 3] RGB in [0, 1] -> {'embeddings': [B, 2048] unit norm,
+    'features': [B, 2048] pooled, unnormalised}."""
+    embeddings, features = _embed(variables, images)
+    return {
+        "embeddings": np.asarray(embeddings, np.float32),
+        "features": np.asarray(features, np.float32),
+    }
+
+
+def read_probe_inputs(path: str) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        if "images" not in data:
+            raise ValueError(f"{path}: missing array 'images'; found {sorted(data.files)}")
+        images = np.asarray(data["images"], np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < MIN_SIZE:
+        raise ValueError(
+            f"{path}: images must be [B, H, W, 3] float32 RGB in [0, 1] (256x256 FOMM crops), "
+            f"at least {MIN_SIZE}x{MIN_SIZE}; got {images.shape}"
+        )
+    return images
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m converters.vggface2",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pickle", help="resnet50_ft_weight.pkl (name -> numpy array) to import")
+    source.add_argument("--variables", help="directory of converted Flax variables")
+    parser.add_argument("--out", help="write the imported Flax variables to this directory")
+    parser.add_argument("--export", help="write a pickle of numpy arrays (no fc) to this file")
+    parser.add_argument("--probe", help="npz with images [B, H, W, 3] RGB in [0, 1]")
+    parser.add_argument("--probe-out", help="npz the probe writes embeddings, features to")
+    args = parser.parse_args(argv)
+    if args.probe and not args.probe_out:
+        parser.error("--probe needs --probe-out")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.pickle:
+        variables = import_weights(safe_load.load_pickle(args.pickle), args.pickle)
+    else:
+        variables = params_io.load_variables(args.variables)
+    if args.out:
+        print(f"wrote VGGFace2 variables to {params_io.save_variables(args.out, variables)}")
+    if args.export:
+        state = export_weights(variables)
+        with open(args.export, "wb") as f:
+            pickle.dump(state, f, protocol=2)  # protocol 2: readable by the Python 2 original
+        print(f"wrote {len(state)} arrays to {args.export}")
+    if args.probe:
+        result = probe(variables, read_probe_inputs(args.probe))
+        np.savez(args.probe_out, **result)
+        print(f"wrote embeddings {result['embeddings'].shape} to {args.probe_out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,14 +13,11 @@ probe reads `images` [B, H, W, 3] float32 RGB in [0, 1] (224x224 aligned faces f
 published weights) and writes `coeffs` [B, 257].
 """
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import safe_load, torch_layout
-from maskrenderer_jax import params_io
+from converters import cli, safe_load, torch_layout
 from maskrenderer_jax.face3d.recon_net import INPUT_SIZE, ReconNet
 
 KEY = "net_recon"
@@ -65,57 +62,29 @@ def probe(variables: dict, images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def read_probe_inputs(path: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        if "images" not in data:
-            raise ValueError(f"{path}: missing array 'images'; found {sorted(data.files)}")
-        images = np.asarray(data["images"], np.float32)
     # Below 32 px layer4 (stride 32) has less than one cell: surely not a face crop.
-    if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < 32:
-        raise ValueError(
-            f"{path}: images must be [B, H, W, 3] float32 RGB in [0, 1] (224x224 for the "
-            f"published weights, at least 32x32); got {images.shape}"
-        )
-    return images
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m converters.deep3dface",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="Deep3DFace checkpoint (epoch_20.pth) to import")
-    source.add_argument("--variables", help="directory of converted Flax variables")
-    parser.add_argument("--out", help="write the imported Flax variables to this directory")
-    parser.add_argument("--export", help="write {'net_recon': state_dict} (torch) to this file")
-    parser.add_argument("--probe", help="npz with images [B, H, W, 3] RGB in [0, 1]")
-    parser.add_argument("--probe-out", help="npz the probe writes coeffs [B, 257] to")
-    args = parser.parse_args(argv)
-    if args.probe and not args.probe_out:
-        parser.error("--probe needs --probe-out")
-    return args
+    return cli.read_images(path, min_size=32, hint=" (224x224 for the published weights)")[0]
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.checkpoint:
-        variables = import_checkpoint(safe_load.load_torch(args.checkpoint), args.checkpoint)
-    else:
-        variables = params_io.load_variables(args.variables)
-    if args.out:
-        print(f"wrote ReconNet variables to {params_io.save_variables(args.out, variables)}")
+    parser = cli.network_parser(
+        "python -m converters.deep3dface",
+        __doc__,
+        source=("--checkpoint", "Deep3DFace checkpoint (epoch_20.pth) to import"),
+        export_help="write {'net_recon': state_dict} (torch) to this file",
+        probe_help="npz with images [B, H, W, 3] RGB in [0, 1]",
+        probe_out_help="npz the probe writes coeffs [B, 257] to",
+    )
+    args = cli.parse(parser, argv)
+    variables = cli.load_or_import(
+        args, "checkpoint", lambda path: import_checkpoint(safe_load.load_torch(path), path)
+    )
+    cli.save_if_asked(args, variables, "ReconNet")
     if args.export:
-        import torch
-
-        state = export_checkpoint(variables)
-        tensors = {KEY: {k: torch.from_numpy(np.array(v)) for k, v in state[KEY].items()}}
-        torch.save(tensors, args.export)
-        print(f"wrote {{'{KEY}': state_dict}} ({len(state[KEY])} tensors) to {args.export}")
+        cli.save_torch(export_checkpoint(variables), args.export)
+        print(f"wrote {{'{KEY}': state_dict}} to {args.export}")
     if args.probe:
-        result = probe(variables, read_probe_inputs(args.probe))
-        np.savez(args.probe_out, **result)
-        print(f"wrote coeffs {result['coeffs'].shape} to {args.probe_out}")
+        cli.write_probe(args.probe_out, probe(variables, read_probe_inputs(args.probe)))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,11 @@ Probe:   python -m converters.fomm --checkpoint X --config C --probe inputs.npz 
              --probe-out out.npz
 """
 
-import argparse
-
 import jax
 import numpy as np
 
 from configs import common
-from converters import safe_load, torch_layout
-from maskrenderer_jax import params_io
+from converters import cli, safe_load, torch_layout
 from maskrenderer_jax.models import layers
 from maskrenderer_jax.models import maskrenderer as mr
 
@@ -125,68 +122,38 @@ def probe(model_config, model_variables: dict, source: np.ndarray, driving: np.n
 
 
 def read_probe_inputs(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("source", "driving") if k not in data]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing}; found {sorted(data.files)}")
-        arrays = [np.asarray(data[k], np.float32) for k in ("source", "driving")]
-    for name, x in zip(("source", "driving"), arrays, strict=True):
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(
-                f"{path}: {name} must be [B, H, W, 3] float32 in [0, 1]; got {x.shape}"
-            )
-    return arrays[0], arrays[1]
+    source, driving = cli.read_images(path, ("source", "driving"))
+    return source, driving
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m converters.fomm",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def main(argv=None) -> None:
+    parser = cli.network_parser(
+        "python -m converters.fomm",
+        __doc__,
+        source=("--checkpoint", "FOMM checkpoint (.pth.tar) to import"),
+        export_help="write a FOMM-layout PyTorch checkpoint to this file",
+        probe_help="npz with source, driving [B, H, W, 3] in [0, 1]",
+        probe_out_help="npz the probe writes its outputs to",
     )
     parser.add_argument(
         "--config", required=True, help="model config file[:arg], e.g. configs/fomm_vox256.py"
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="FOMM checkpoint (.pth.tar) to import")
-    source.add_argument("--variables", help="directory of converted Flax variables")
-    parser.add_argument("--out", help="write the imported Flax variables to this directory")
-    parser.add_argument("--export", help="write a FOMM-layout PyTorch checkpoint to this file")
-    parser.add_argument("--probe", help="npz with source, driving [B, H, W, 3] in [0, 1]")
-    parser.add_argument("--probe-out", help="npz the probe writes its outputs to")
-    args = parser.parse_args(argv)
-    if args.probe and not args.probe_out:
-        parser.error("--probe needs --probe-out")
-    return args
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
+    args = cli.parse(parser, argv)
     model_config = common.load_config(args.config).model
-    if args.checkpoint:
-        checkpoint = safe_load.load_torch(args.checkpoint)
-        networks = import_checkpoint(checkpoint, model_config, source=args.checkpoint)
-    else:
-        networks = params_io.load_variables(args.variables)
-        networks.setdefault("discriminator", None)
-    if args.out:
-        tree = {k: v for k, v in networks.items() if v is not None}
-        print(f"wrote {', '.join(tree)} variables to {params_io.save_variables(args.out, tree)}")
+    networks = cli.load_or_import(
+        args,
+        "checkpoint",
+        lambda path: import_checkpoint(safe_load.load_torch(path), model_config, source=path),
+    )
+    networks.setdefault("discriminator", None)
+    cli.save_if_asked(args, {k: v for k, v in networks.items() if v is not None}, "FOMM")
     if args.export:
-        import torch
-
         state = export_checkpoint(networks, model_config)
-        tensors = {
-            n: {k: torch.from_numpy(np.array(v)) for k, v in sd.items()} for n, sd in state.items()
-        }
-        torch.save(tensors, args.export)
+        cli.save_torch(state, args.export)
         print(f"wrote FOMM-layout state dicts {sorted(state)} to {args.export}")
     if args.probe:
         source, driving = read_probe_inputs(args.probe)
-        result = probe(model_config, networks["model"], source, driving)
-        np.savez(args.probe_out, **result)
-        shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
-        print(f"wrote {shapes} to {args.probe_out}")
+        cli.write_probe(args.probe_out, probe(model_config, networks["model"], source, driving))
 
 
 if __name__ == "__main__":

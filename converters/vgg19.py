@@ -16,14 +16,11 @@ strict=False). The probe reads `images` [B, H, W, 3] float32 RGB in [0, 1] and w
 relu1_1 .. relu5_1 as [B, h, w, C] float32 arrays.
 """
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import safe_load, torch_layout
-from maskrenderer_jax import params_io
+from converters import cli, safe_load, torch_layout
 from maskrenderer_jax.nets.vgg19 import LAYERS, Vgg19
 
 # Present in torchvision's checkpoint, unused by a network cut after relu5_1.
@@ -77,56 +74,28 @@ def probe(variables: dict, images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def read_probe_inputs(path: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        if "images" not in data:
-            raise ValueError(f"{path}: missing array 'images'; found {sorted(data.files)}")
-        images = np.asarray(data["images"], np.float32)
-    if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < MIN_SIZE:
-        raise ValueError(
-            f"{path}: images must be [B, H, W, 3] float32 RGB in [0, 1], at least "
-            f"{MIN_SIZE}x{MIN_SIZE}; got {images.shape}"
-        )
-    return images
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m converters.vgg19",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="torchvision vgg19 state dict (.pth) to import")
-    source.add_argument("--variables", help="directory of converted Flax variables")
-    parser.add_argument("--out", help="write the imported Flax variables to this directory")
-    parser.add_argument("--export", help="write the torchvision-layout state dict to this file")
-    parser.add_argument("--probe", help="npz with images [B, H, W, 3] RGB in [0, 1]")
-    parser.add_argument("--probe-out", help="npz the probe writes relu1_1 .. relu5_1 to")
-    args = parser.parse_args(argv)
-    if args.probe and not args.probe_out:
-        parser.error("--probe needs --probe-out")
-    return args
+    return cli.read_images(path, min_size=MIN_SIZE)[0]
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.checkpoint:
-        variables = import_state_dict(safe_load.load_torch(args.checkpoint), args.checkpoint)
-    else:
-        variables = params_io.load_variables(args.variables)
-    if args.out:
-        print(f"wrote Vgg19 variables to {params_io.save_variables(args.out, variables)}")
+    parser = cli.network_parser(
+        "python -m converters.vgg19",
+        __doc__,
+        source=("--checkpoint", "torchvision vgg19 state dict (.pth) to import"),
+        export_help="write the torchvision-layout state dict to this file",
+        probe_help="npz with images [B, H, W, 3] RGB in [0, 1]",
+        probe_out_help="npz the probe writes relu1_1 .. relu5_1 to",
+    )
+    args = cli.parse(parser, argv)
+    variables = cli.load_or_import(
+        args, "checkpoint", lambda path: import_state_dict(safe_load.load_torch(path), path)
+    )
+    cli.save_if_asked(args, variables, "Vgg19")
     if args.export:
-        import torch
-
-        state = export_state_dict(variables)
-        torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, args.export)
-        print(f"wrote the vgg19 state dict ({len(state)} tensors) to {args.export}")
+        cli.save_torch(export_state_dict(variables), args.export)
+        print(f"wrote the vgg19 state dict to {args.export}")
     if args.probe:
-        result = probe(variables, read_probe_inputs(args.probe))
-        np.savez(args.probe_out, **result)
-        shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
-        print(f"wrote {shapes} to {args.probe_out}")
+        cli.write_probe(args.probe_out, probe(variables, read_probe_inputs(args.probe)))
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ into `resnet50(include_top=False)`). The probe reads `images` [B, H, W, 3] float
 `embeddings` [B, 2048] (L2-normalised) and `features` [B, 2048] (before normalisation).
 """
 
-import argparse
 import pickle
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import safe_load, torch_layout
-from maskrenderer_jax import params_io
+from converters import cli, safe_load, torch_layout
 from maskrenderer_jax.nets.vggface2 import VGGFace2, l2_normalize, preprocess
 
 # The 8631-identity classifier: not part of the embedding network.
@@ -80,54 +78,30 @@ def probe(variables: dict, images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def read_probe_inputs(path: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        if "images" not in data:
-            raise ValueError(f"{path}: missing array 'images'; found {sorted(data.files)}")
-        images = np.asarray(data["images"], np.float32)
-    if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < MIN_SIZE:
-        raise ValueError(
-            f"{path}: images must be [B, H, W, 3] float32 RGB in [0, 1] (256x256 FOMM crops), "
-            f"at least {MIN_SIZE}x{MIN_SIZE}; got {images.shape}"
-        )
-    return images
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m converters.vggface2",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pickle", help="resnet50_ft_weight.pkl (name -> numpy array) to import")
-    source.add_argument("--variables", help="directory of converted Flax variables")
-    parser.add_argument("--out", help="write the imported Flax variables to this directory")
-    parser.add_argument("--export", help="write a pickle of numpy arrays (no fc) to this file")
-    parser.add_argument("--probe", help="npz with images [B, H, W, 3] RGB in [0, 1]")
-    parser.add_argument("--probe-out", help="npz the probe writes embeddings, features to")
-    args = parser.parse_args(argv)
-    if args.probe and not args.probe_out:
-        parser.error("--probe needs --probe-out")
-    return args
+    return cli.read_images(path, min_size=MIN_SIZE, hint=" (256x256 FOMM crops)")[0]
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.pickle:
-        variables = import_weights(safe_load.load_pickle(args.pickle), args.pickle)
-    else:
-        variables = params_io.load_variables(args.variables)
-    if args.out:
-        print(f"wrote VGGFace2 variables to {params_io.save_variables(args.out, variables)}")
+    parser = cli.network_parser(
+        "python -m converters.vggface2",
+        __doc__,
+        source=("--pickle", "resnet50_ft_weight.pkl (name -> numpy array) to import"),
+        export_help="write a pickle of numpy arrays (no fc) to this file",
+        probe_help="npz with images [B, H, W, 3] RGB in [0, 1]",
+        probe_out_help="npz the probe writes embeddings, features to",
+    )
+    args = cli.parse(parser, argv)
+    variables = cli.load_or_import(
+        args, "pickle", lambda path: import_weights(safe_load.load_pickle(path), path)
+    )
+    cli.save_if_asked(args, variables, "VGGFace2")
     if args.export:
         state = export_weights(variables)
         with open(args.export, "wb") as f:
             pickle.dump(state, f, protocol=2)  # protocol 2: readable by the Python 2 original
         print(f"wrote {len(state)} arrays to {args.export}")
     if args.probe:
-        result = probe(variables, read_probe_inputs(args.probe))
-        np.savez(args.probe_out, **result)
-        print(f"wrote embeddings {result['embeddings'].shape} to {args.probe_out}")
+        cli.write_probe(args.probe_out, probe(variables, read_probe_inputs(args.probe)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""What every network converter's command line shares: the flags (a source, --variables, --out,
+--export, --probe, --probe-out), the probe's image reader and writer, and torch file output."""
+
+import argparse
+
+import numpy as np
+
+from maskrenderer_jax import params_io
+
+
+def network_parser(
+    prog: str,
+    description: str,
+    *,
+    source: tuple[str, str],
+    export_help: str,
+    probe_help: str,
+    probe_out_help: str,
+) -> argparse.ArgumentParser:
+    """A parser with the source flag (e.g. ('--checkpoint', help)) or --variables, and the
+    actions --out, --export and --probe/--probe-out."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(source[0], help=source[1])
+    group.add_argument("--variables", help="directory of converted Flax variables")
+    parser.add_argument("--out", help="write the imported Flax variables to this directory")
+    parser.add_argument("--export", help=export_help)
+    parser.add_argument("--probe", help=probe_help)
+    parser.add_argument("--probe-out", help=probe_out_help)
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.probe and not args.probe_out:
+        parser.error("--probe needs --probe-out")
+    return args
+
+
+def load_or_import(args: argparse.Namespace, source_attr: str, import_fn):
+    """Imports from the source file when given, else reads --variables."""
+    path = getattr(args, source_attr)
+    return import_fn(path) if path else params_io.load_variables(args.variables)
+
+
+def save_if_asked(args: argparse.Namespace, variables, what: str) -> None:
+    if args.out:
+        print(f"wrote {what} variables to {params_io.save_variables(args.out, variables)}")
+
+
+def read_images(path: str, names=("images",), *, min_size: int = 1, hint: str = "") -> list:
+    """[B, H, W, 3] float32 arrays `names` of an npz, each checked; errors name file and array."""
+    with np.load(path, allow_pickle=False) as data:
+        missing = [n for n in names if n not in data]
+        if missing:
+            quoted = ", ".join(f"'{n}'" for n in missing)
+            raise ValueError(f"{path}: missing array {quoted}; found {sorted(data.files)}")
+        arrays = [np.asarray(data[n], np.float32) for n in names]
+    for name, x in zip(names, arrays, strict=True):
+        if x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[1:3]) < min_size:
+            size = f", at least {min_size}x{min_size}" if min_size > 1 else ""
+            raise ValueError(
+                f"{path}: {name} must be [B, H, W, 3] float32 RGB in [0, 1]"
+                f"{hint}{size}; got {x.shape}"
+            )
+    return arrays
+
+
+def write_probe(path: str, result: dict[str, np.ndarray]) -> None:
+    np.savez(path, **result)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in result.items())
+    print(f"wrote {shapes} to {path}")
+
+
+def save_torch(state: dict, path: str) -> None:
+    """Writes a (nested) dict of numpy arrays as torch tensors with torch.save."""
+    import torch
+
+    def tensors(tree):
+        if isinstance(tree, dict):
+            return {k: tensors(v) for k, v in tree.items()}
+        return torch.from_numpy(np.array(tree))
+
+    torch.save(tensors(state), path)

@@ -140,22 +140,18 @@ def main(argv=None) -> None:
         for b in args.batch_sizes
     }
 
-    body = "\n".join(
-        [
-            "Per-frame reenactment (driving keypoints + dense motion + generator; source "
-            f"keypoints precomputed), {args.iters} interleaved repetitions per implementation, "
-            "same random weights and inputs. JAX/torch speed > 1 means JAX is faster.",
-            "",
-            table(results),
-            "",
-            *(f"- {line}" for line in start_facts),
-            f"- torch threads: {torch.get_num_threads()}",
-        ]
+    intro = (
+        "Per-frame reenactment (driving keypoints + dense motion + generator; source "
+        f"keypoints precomputed), {args.iters} interleaved repetitions per implementation, "
+        "same random weights and inputs. JAX/torch speed > 1 means JAX is faster."
     )
-    print(f"\n{SECTION}\n\n{body}")
-    if args.write:
-        report.write_section(SECTION, body)
-        print("\nwrote BENCHMARKS.md")
+    report.publish(
+        SECTION,
+        intro,
+        table(results),
+        start_facts + [f"torch threads: {torch.get_num_threads()}"],
+        args.write,
+    )
 
 
 if __name__ == "__main__":

@@ -87,22 +87,13 @@ def main(argv=None) -> None:
             for workers in args.workers:
                 results[size, workers] = samples_per_second(data_dir, size, workers, args.batches)
                 print(f"{size}² workers={workers}: {results[size, workers]:.1f} samples/s")
-    body = "\n".join(
-        [
-            f"Training batches of {BATCH} (source, driving, cross driver: 3 PNG decodes, "
-            "horizontal flip and colour jitter per example) from a TFDS array_record set on "
-            f"local disk, {args.batches} timed batches after 2 warm-up ones. Workers are "
-            "grain processes (0: decoding in the calling process, 2 reading threads).",
-            "",
-            table(results),
-            "",
-            *(f"- {line}" for line in start_facts),
-        ]
+    intro = (
+        f"Training batches of {BATCH} (source, driving, cross driver: 3 PNG decodes, "
+        "horizontal flip and colour jitter per example) from a TFDS array_record set on "
+        f"local disk, {args.batches} timed batches after 2 warm-up ones. Workers are "
+        "grain processes (0: decoding in the calling process, 2 reading threads)."
     )
-    print(f"\n{SECTION}\n\n{body}")
-    if args.write:
-        report.write_section(SECTION, body)
-        print("\nwrote BENCHMARKS.md")
+    report.publish(SECTION, intro, table(results), start_facts, args.write)
 
 
 if __name__ == "__main__":

@@ -66,20 +66,11 @@ def main(argv=None) -> None:
     rows += fomm_rows("FOMM tiny (64², K=4), batch 2", tiny.get_config("fomm").model, 2)
     rows += recon_rows(224)
     worst = max(d for *_, d in rows)
-    body = "\n".join(
-        [
-            "Random weights, float32, CPU; torch's `grid_sample` with `align_corners=True` as FOMM "
-            f"was trained (docs/DESIGN_NOTES.md). Worst difference: {worst:.1e} (tests: 1e-4).",
-            "",
-            table(rows),
-            "",
-            *(f"- {line}" for line in start_facts),
-        ]
+    intro = (
+        "Random weights, float32, CPU; torch's `grid_sample` with `align_corners=True` as FOMM "
+        f"was trained (docs/DESIGN_NOTES.md). Worst difference: {worst:.1e} (tests: 1e-4)."
     )
-    print(f"\n{SECTION}\n\n{body}")
-    if args.write:
-        report.write_section(SECTION, body)
-        print("\nwrote BENCHMARKS.md")
+    report.publish(SECTION, intro, table(rows), start_facts, args.write)
 
 
 if __name__ == "__main__":

@@ -285,25 +285,16 @@ def main(argv=None) -> None:
         rows.append(dict(r, name="jaxrenderer (PyPI)", size=size, batch=1, note=note))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
 
-    body = "\n".join(
-        [
-            "Exact visibility (triangle id per pixel, z-buffer) + perspective-correct "
-            "interpolation of a 3-channel vertex colour, for a synthetic mesh of BFM's size "
-            "(35,709 vertices, 70,789 triangles) posed as Deep3DFace does (~60% of the image "
-            f"covered). ms/image = median wall time over {args.iters} runs / batch, after a "
-            "compile run; CPU ms/image = the same for the process CPU time (all threads; XLA "
-            "uses both cores), steadier than wall time on a shared machine. Target: <= 5 ms "
-            "per image at 224², batch 8.",
-            "",
-            table(rows),
-            "",
-            *(f"- {line}" for line in start_facts),
-        ]
+    intro = (
+        "Exact visibility (triangle id per pixel, z-buffer) + perspective-correct "
+        "interpolation of a 3-channel vertex colour, for a synthetic mesh of BFM's size "
+        "(35,709 vertices, 70,789 triangles) posed as Deep3DFace does (~60% of the image "
+        f"covered). ms/image = median wall time over {args.iters} runs / batch, after a "
+        "compile run; CPU ms/image = the same for the process CPU time (all threads; XLA "
+        "uses both cores), steadier than wall time on a shared machine. Target: <= 5 ms "
+        "per image at 224², batch 8."
     )
-    print(f"\n{SECTION}\n\n{body}")
-    if args.write:
-        report.write_section(SECTION, body)
-        print("\nwrote BENCHMARKS.md")
+    report.publish(SECTION, intro, table(rows), start_facts, args.write)
 
 
 if __name__ == "__main__":

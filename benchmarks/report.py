@@ -42,6 +42,15 @@ def facts() -> list[str]:
     ]
 
 
+def publish(title: str, intro: str, table: str, run_facts: list[str], write: bool) -> None:
+    """Prints the section (intro, table, facts of the run) and, if `write`, records it."""
+    body = "\n".join([intro, "", table, "", *(f"- {line}" for line in run_facts)])
+    print(f"\n{title}\n\n{body}")
+    if write:
+        write_section(title, body)
+        print(f"\nwrote {PATH.name}")
+
+
 def write_section(title: str, body: str, path: Path = PATH) -> None:
     """Replaces (or appends) the section `title` ('## ...'); the file is read right before it
     is written, since other scripts own the other sections."""

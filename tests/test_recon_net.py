@@ -8,24 +8,13 @@ import numpy as np
 import pytest
 import resnet_torch
 import torch
+from torch_utils import nchw, nhwc, random_images
 
 from converters import deep3dface, safe_load, torch_layout
 from maskrenderer_jax.face3d import recon_net
 from maskrenderer_jax.nets import ResNet50
 
 ATOL = 1e-4
-
-
-def random_images(batch, height, width, seed):
-    return np.random.default_rng(seed).uniform(size=(batch, height, width, 3)).astype(np.float32)
-
-
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def nhwc(x):
-    return x.detach().numpy().transpose(0, 2, 3, 1)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 import resnet_torch
 import torch
 import vgg_torch
+from torch_utils import nchw, nhwc, random_images
 
 from converters import safe_load, torch_layout
 from converters import vgg19 as vgg19_converter
@@ -19,18 +20,6 @@ from converters import vggface2 as vggface2_converter
 from maskrenderer_jax.nets import VGGFace2, vgg19, vggface2
 
 ATOL = 1e-4
-
-
-def random_images(batch, height, width, seed):
-    return np.random.default_rng(seed).uniform(size=(batch, height, width, 3)).astype(np.float32)
-
-
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def nhwc(x):
-    return x.detach().numpy().transpose(0, 2, 3, 1)
 
 
 def flat(variables):

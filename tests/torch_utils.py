@@ -78,6 +78,11 @@ def checkpoint_of(nets) -> dict:
     }
 
 
+def random_images(batch: int, height: int, width: int, seed: int) -> np.ndarray:
+    """[B, H, W, 3] float32 uniform noise in [0, 1]."""
+    return np.random.default_rng(seed).uniform(size=(batch, height, width, 3)).astype(np.float32)
+
+
 def nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
 

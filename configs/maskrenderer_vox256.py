@@ -9,6 +9,7 @@ skip-connected generator (TPSMM).
 import ml_collections
 
 from configs import common
+from data_pipeline.config import data_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -17,5 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     model = common.fomm_model(num_kp=10)
     model.generator.num_down_blocks = 3
     config.model = common.maskrenderer_model(model)
+    # The paper: batch 8, 150 repeats per epoch; 3DMM coefficients stored in the data set.
+    config.data = data_config(dataset="voxceleb", image_size=256, batch_size=8, num_repeats=150)
     config.lock()
     return config

@@ -7,6 +7,7 @@
 import ml_collections
 
 from configs import common
+from data_pipeline.config import data_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -20,5 +21,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     model.discriminator.update(block_expansion=8, max_features=32, num_blocks=3)
     config = ml_collections.ConfigDict()
     config.model = model if args.fomm else common.maskrenderer_model(model)
+    config.data = data_config(image_size=64, batch_size=8)  # the embedded synthetic_heads set
     config.lock()
     return config

@@ -19,6 +19,7 @@ CONFIG_FILES = sorted(p.name for p in CONFIGS.glob("*.py") if p.stem not in ("__
 def test_every_config_builds_abstractly(path):
     config = common.load_config(str(CONFIGS / path))
     assert config.is_locked
+    assert config.data.image_size == config.model.image_size  # the pipeline feeds the model
     variables = jax.eval_shape(lambda: mr.init_variables(config.model, jax.random.key(0)))
     disc = jax.eval_shape(lambda: mr.init_discriminator_variables(config.model, jax.random.key(0)))
     assert set(variables) == {"params", "batch_stats"}

@@ -51,8 +51,13 @@ def test_inspect_reads_the_data_section_of_a_config_file(data_dir, tmp_path, cap
         ["--config", str(config_file), "--num_batches", "1", "--out", str(tmp_path / "g.png")]
     )
     assert Image.open(tmp_path / "g.png").size == (3 * SIZE, 2 * SIZE)
+    without = tmp_path / "without_data.py"
+    without.write_text(
+        "import ml_collections\n\n\ndef get_config(arg=None):\n"
+        "    return ml_collections.ConfigDict({'model': {}})\n"
+    )
     with pytest.raises(SystemExit, match="no `data` section"):
-        data_inspect.main(["--config", str(REPO / "configs" / "tiny.py")])
+        data_inspect.main(["--config", str(without)])
 
 
 # runpy warns that the module is already imported (by this file): harmless here.

@@ -11,12 +11,13 @@ initialised network and the perceptual loss measures nothing useful: callers mus
 `warn_random_weights`.
 """
 
-import logging
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from maskrenderer_jax.nets import random_weights
 
 Dtype = Any
 
@@ -87,12 +88,11 @@ def init_random(rng: jax.Array, *, param_dtype: Dtype = jnp.float32) -> dict:
     return model.init(rng, jnp.zeros((1, 16, 16, 3), jnp.float32))
 
 
-def warn_random_weights(name: str = "VGG19") -> str:
-    """Logs (logging.WARNING) and returns the message that `name` runs on random weights."""
-    message = (
-        f"{name} has RANDOM weights (no converted torchvision vgg19 weights were given; see "
-        "`python -m converters.vgg19`): the perceptual loss is then meaningless and results "
-        "are not comparable to FOMM/MaskRenderer."
+def warn_random_weights() -> str:
+    """Logs (logging.WARNING) and returns the message that VGG19 runs on random weights."""
+    return random_weights.warn_random_weights(
+        "VGG19",
+        "converters.vgg19",
+        "the perceptual loss is then meaningless and results are not comparable to "
+        "FOMM/MaskRenderer.",
     )
-    logging.warning(message)
-    return message

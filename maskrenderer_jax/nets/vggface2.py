@@ -21,13 +21,13 @@ initialised network and identity losses/metrics are meaningless: callers must sa
 `warn_random_weights`.
 """
 
-import logging
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maskrenderer_jax.nets import random_weights
 from maskrenderer_jax.nets.resnet import FEATURES, ResNet50
 
 Dtype = Any
@@ -124,12 +124,10 @@ def init_random(rng: jax.Array, *, param_dtype: Dtype = jnp.float32) -> dict:
     return model.init(rng, jnp.zeros((1, 32, 32, 3), jnp.float32))
 
 
-def warn_random_weights(name: str = "VGGFace2 resnet50_ft") -> str:
-    """Logs (logging.WARNING) and returns the message that `name` runs on random weights."""
-    message = (
-        f"{name} has RANDOM weights (no converted resnet50_ft_weight.pkl was given; see "
-        "`python -m converters.vggface2`): the identity loss and identity metrics are then "
-        "meaningless."
+def warn_random_weights() -> str:
+    """Logs (logging.WARNING) and returns the message that resnet50_ft runs on random weights."""
+    return random_weights.warn_random_weights(
+        "VGGFace2 resnet50_ft",
+        "converters.vggface2",
+        "the identity loss and identity metrics are then meaningless.",
     )
-    logging.warning(message)
-    return message

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from maskrenderer_jax.face3d.rasterizer import triangle_neighbors
+
 COEFF_GROUPS = (  # name, start, stop in the 257-vector of Deep3DFace's regressor
     ("id", 0, 80),
     ("exp", 80, 144),
@@ -57,6 +59,8 @@ class MorphableModel:
       skin_mask: [N] float32 in {0, 1}: Deep3DFace's skin region (reflectance loss).
       front_mask: [M] int32 vertex indices of the photometric-loss region (frontmask2_idx).
       front_triangles: [T, 3] int32 triangles of that region, indexing all N vertices.
+      triangle_neighbors: [F, 3] int32, the triangle across each edge (-1 on the border):
+        derived from `triangles` once, here, since anti-aliased rendering needs it every call.
       focal, center, camera_distance, image_size, init_lit: static camera and lighting
         constants (Deep3DFace: 1015, 112, 10, 224, [0.8, 0 x 8]).
     """
@@ -72,6 +76,7 @@ class MorphableModel:
     skin_mask: jax.Array
     front_mask: jax.Array
     front_triangles: jax.Array
+    triangle_neighbors: jax.Array
     focal: float = struct.field(default=FOCAL, **_static)
     center: float = struct.field(default=CENTER, **_static)
     camera_distance: float = struct.field(default=CAMERA_DISTANCE, **_static)
@@ -106,12 +111,12 @@ _INDEX_FIELDS = ("triangles", "point_buf", "keypoints", "front_mask", "front_tri
 
 def model_from_arrays(arrays: dict, **static) -> MorphableModel:
     """{field: array} (0-based indices, our layout) -> MorphableModel of float32/int32 jnp."""
+    fields = {
+        k: jnp.asarray(arrays[k], jnp.int32 if k in _INDEX_FIELDS else jnp.float32)
+        for k in ARRAY_FIELDS
+    }
     return MorphableModel(
-        **{
-            k: jnp.asarray(arrays[k], jnp.int32 if k in _INDEX_FIELDS else jnp.float32)
-            for k in ARRAY_FIELDS
-        },
-        **static,
+        **fields, triangle_neighbors=triangle_neighbors(fields["triangles"]), **static
     )
 
 

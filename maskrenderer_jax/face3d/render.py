@@ -57,7 +57,9 @@ def render(
     attributes = jnp.concatenate([recon["colors"], jnp.ones_like(recon["colors"][..., :1])], -1)
     shaded = rasterizer.interpolate(attributes, screen, model.triangles, fragments)
     if antialias:
-        shaded = rasterizer.antialias(shaded, screen, model.triangles, fragments)
+        shaded = rasterizer.antialias(
+            shaded, screen, model.triangles, fragments, model.triangle_neighbors
+        )
     return {
         **recon,
         "image": shaded[..., :3],

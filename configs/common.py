@@ -88,3 +88,86 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec_obj)
     spec_obj.loader.exec_module(module)
     return module.get_config(arg or None)
+
+
+def training_sections(
+    config: ml_collections.ConfigDict,
+    *,
+    maskrenderer: bool,
+    betas: tuple[float, float],
+    num_epochs: int = 100,
+    epoch_milestones: tuple[int, ...] = (60, 90),
+) -> None:
+    """Adds the loss, optim, face3d, mesh, checkpoint and train sections to `config`.
+
+    FOMM's vox-256 weights for the terms both models share (perceptual [10]*5 over the
+    pyramid, feature matching [10]*4, generator_gan 0, discriminator_gan 1, equivariance 10 +
+    10); MaskRenderer adds L_W (10) and L_T (eq. (6): alpha 0.8, margin 1) and weighs eq. (11):
+    alpha * L_T + beta * (every other generator term), alpha = beta = 10. FOMM: beta 1, no L_T.
+    """
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            pyramid_scales=(1.0, 0.5, 0.25, 0.125),
+            perceptual=(10.0,) * 5,
+            generator_gan=0.0,
+            discriminator_gan=1.0,
+            feature_matching=(10.0,) * 4,
+            equivariance_value=10.0,
+            equivariance_jacobian=10.0,
+            transform=dict(sigma_affine=0.05, sigma_tps=0.005, points_tps=5),
+            warping=10.0 if maskrenderer else 0.0,
+            # eq. (11): total = alpha * L_T + beta * (the other generator terms).
+            alpha=10.0 if maskrenderer else 0.0,
+            beta=10.0 if maskrenderer else 1.0,
+            triplet=dict(alpha=0.8, margin=1.0),
+            # The step from which the cross-identity pass and L_T run. The paper leaves L_T out
+            # of the first epochs: -1 derives the step from triplet_start_epoch (-1: never).
+            triplet_start_step=-1,
+            triplet_start_epoch=10 if maskrenderer else -1,
+        )
+    )
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=2e-4,
+            b1=betas[0],
+            b2=betas[1],
+            # x gamma at each milestone (FOMM's MultiStepLR); steps, or () to derive them from
+            # epoch_milestones.
+            milestones=(),
+            epoch_milestones=epoch_milestones,
+            gamma=0.1,
+        )
+    )
+    config.face3d = ml_collections.ConfigDict(
+        dict(
+            # 'batch': the data set's coefficients; 'regressor': Deep3DFace's ReconNet online.
+            coefficients="batch",
+            # 'synthetic' (the project's model, seeded as the data set's) or a bfm.npz path
+            # from `python -m converters.bfm`.
+            morphable_model="synthetic",
+            recon_variables="",  # converters.deep3dface output; '' = random (warned)
+        )
+    )
+    config.pretrained = ml_collections.ConfigDict(
+        dict(vgg19="", vggface2="")  # converters.vgg19 / converters.vggface2 outputs; '' = random
+    )
+    config.mesh = ml_collections.ConfigDict(
+        dict(
+            data=-1,  # -1: every device not used by fsdp
+            fsdp=1,
+            # (regex on the parameter path, 'fsdp' | 'replicated'), first match wins; 'fsdp'
+            # shards a leaf's largest dimension that the fsdp axis divides.
+            rules=((".*", "fsdp"),),
+            fsdp_min_size=2**16,  # smaller leaves stay replicated
+        )
+    )
+    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, asynchronous=True))
+    config.train = ml_collections.ConfigDict(
+        dict(
+            num_steps=-1,  # -1: num_epochs x the data set's steps per epoch
+            num_epochs=num_epochs,
+            seed=0,
+            log_every=50,
+            image_every=1000,
+        )
+    )

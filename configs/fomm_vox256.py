@@ -16,5 +16,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = common.fomm_model()
     # FOMM vox-256: batch 40, 75 repeats per epoch (a TFDS set from data_pipeline.build).
     config.data = data_config(dataset="voxceleb", image_size=256, batch_size=40, num_repeats=75)
+    # FOMM: 100 epochs, milestones 60 and 90, Adam betas (0.5, 0.999).
+    common.training_sections(config, maskrenderer=False, betas=(0.5, 0.999))
     config.lock()
     return config

@@ -20,5 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = common.maskrenderer_model(model)
     # The paper: batch 8, 150 repeats per epoch; 3DMM coefficients stored in the data set.
     config.data = data_config(dataset="voxceleb", image_size=256, batch_size=8, num_repeats=150)
+    # The paper: 100 epochs, Adam betas (0.5, 0.99), alpha = beta = 10 (eq. (11)).
+    common.training_sections(config, maskrenderer=True, betas=(0.5, 0.99))
     config.lock()
     return config

@@ -10,8 +10,6 @@ saturation factors in [1 - s, 1 + s], hue shift in [-s, s] of a turn, in a rando
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from maskrenderer_jax.face3d import morphable_model as mm
-
 
 def jitter_params(rng: np.random.Generator, strength: float) -> np.ndarray:
     """[8] float32: brightness, contrast, saturation factors, hue shift, then the order of the
@@ -53,24 +51,3 @@ def color_jitter(frames: np.ndarray, params: np.ndarray) -> np.ndarray:
                 image = _adjust_hue(image, hue)
         out[i] = np.asarray(image)
     return out.reshape(frames.shape)
-
-
-# Under x -> -x (a horizontal image flip about the principal point), R = Rz Ry Rx becomes
-# M R M = Rz(-z) Ry(-y) Rx(x), tx -> -tx, and the SH lighting terms odd in x (basis 3: -x,
-# 4: xy, 7: -xz of Deep3DFace's [1, -y, z, -x, xy, -yz, ..., -xz, ...]) change sign.
-_START = {name: start for name, start, _ in mm.COEFF_GROUPS}
-_ANGLE, _GAMMA, _TRANS = _START["angle"], _START["gamma"], _START["trans"]
-_MIRROR_SIGN = np.ones(mm.NUM_COEFFS, np.float32)
-_MIRROR_SIGN[[_ANGLE + 1, _ANGLE + 2, _TRANS]] = -1
-for _channel in range(3):
-    _MIRROR_SIGN[[_GAMMA + 9 * _channel + k for k in (3, 4, 7)]] = -1
-
-
-def mirror_coefficients(coeffs: np.ndarray) -> np.ndarray:
-    """[..., 257] coefficients of a face -> those of its horizontally flipped image.
-
-    Exact for pose, translation and lighting. id, exp and tex are left as they are: a 3DMM's
-    bases are not mirror pairs, so their mirror image is only approximated by themselves
-    (exact for symmetric faces); batches carry `flipped` so a loss can tell.
-    """
-    return coeffs * _MIRROR_SIGN

@@ -16,6 +16,7 @@ from absl import flags
 from data_pipeline import augment, sources
 from data_pipeline.frame_source import FrameSource
 from data_pipeline.sampling import TrainSampler
+from maskrenderer_jax.face3d import morphable_model as mm
 
 
 class TrainLoader:
@@ -65,7 +66,7 @@ class TrainLoader:
                 ("cross", cross, s["cross_flipped"]),
             ):
                 coeffs = np.asarray(record["coeffs"], np.float32)
-                out[f"{key}_coeffs"] = augment.mirror_coefficients(coeffs) if flipped else coeffs
+                out[f"{key}_coeffs"] = mm.mirror_coefficients(coeffs) if flipped else coeffs
         return out
 
 

@@ -74,7 +74,7 @@ def test_mirror_coefficients_mirror_pose_and_lighting():
     c[0, 227:254] = np.random.default_rng(0).normal(0, 0.3, 27)
     c[0, 254:257] = [0.1, -0.05, 0.2]
     original = mm.reconstruct(model, jnp.asarray(c), 224)
-    mirrored = mm.reconstruct(model, jnp.asarray(augment.mirror_coefficients(c)), 224)
+    mirrored = mm.reconstruct(model, jnp.asarray(mm.mirror_coefficients(c)), 224)
     # The grid's vertex (row, column) mirrors to (row, 15 - column).
     order = np.arange(16 * 20).reshape(20, 16)[:, ::-1].reshape(-1)
     flip = np.array([-1.0, 1.0, 1.0])
@@ -83,7 +83,7 @@ def test_mirror_coefficients_mirror_pose_and_lighting():
     )
     normals = np.asarray(original["normals"])
     gamma = jnp.asarray(c[:, 227:254])
-    mirrored_gamma = jnp.asarray(augment.mirror_coefficients(c)[:, 227:254])
+    mirrored_gamma = jnp.asarray(mm.mirror_coefficients(c)[:, 227:254])
     np.testing.assert_allclose(
         mm.irradiance(jnp.asarray(normals * flip), mirrored_gamma),
         mm.irradiance(jnp.asarray(normals), gamma),

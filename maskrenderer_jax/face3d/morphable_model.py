@@ -151,6 +151,32 @@ def check_coefficients(coeffs) -> None:
         raise ValueError("non-finite (NaN/inf) 3DMM coefficients: " + "; ".join(bad))
 
 
+# Under x -> -x (a horizontal image flip about the principal point), R = Rz Ry Rx becomes
+# M R M = Rz(-z) Ry(-y) Rx(x), tx -> -tx, and the SH lighting terms odd in x (basis 3: -x,
+# 4: xy, 7: -xz of Deep3DFace's [1, -y, z, -x, xy, -yz, ..., -xz, ...]) change sign.
+def _mirror_sign() -> np.ndarray:
+    start = {name: begin for name, begin, _ in COEFF_GROUPS}
+    sign = np.ones(NUM_COEFFS, np.float32)
+    sign[[start["angle"] + 1, start["angle"] + 2, start["trans"]]] = -1
+    for channel in range(3):
+        sign[[start["gamma"] + 9 * channel + k for k in (3, 4, 7)]] = -1
+    return sign
+
+
+MIRROR_SIGN = _mirror_sign()
+
+
+def mirror_coefficients(coeffs: jax.Array) -> jax.Array:
+    """[..., 257] coefficients of a face -> those of its horizontally flipped image.
+
+    Exact for pose, translation and lighting; an involution (mirroring twice is the identity).
+    id, exp and tex are left as they are: a 3DMM's bases are not mirror pairs, so their mirror
+    image is only approximated by themselves (exact for symmetric faces); training batches
+    carry `flipped`, and face3d.branch renders from the unmirrored coefficients.
+    """
+    return coeffs * MIRROR_SIGN
+
+
 def split_coeffs(coeffs: jax.Array) -> dict[str, jax.Array]:
     """[B, 257] -> {'id' [B,80], 'exp' [B,64], 'tex' [B,80], 'angle' [B,3] (x, y, z radians),
     'gamma' [B,27], 'trans' [B,3]}."""

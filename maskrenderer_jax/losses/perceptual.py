@@ -33,7 +33,8 @@ def perceptual_loss(
         elements independently: prediction and target go through it in one call.
       prediction, target: [B, H, W, 3] float32 in [0, 1].
       scales: pyramid scales (FOMM: [1, 0.5, 0.25, 0.125]).
-      weights: one weight per feature map; layers beyond `len(weights)` are ignored.
+      weights: one weight per feature map; layers beyond `len(weights)` and layers of weight 0
+        are skipped.
     Returns:
       scalar float32 (already weighted; FOMM's `loss_values['perceptual']`).
     """
@@ -45,7 +46,15 @@ def perceptual_loss(
         key = pyramid_key(scale)
         # One call for both halves: half the dispatches and better utilisation of the frozen net.
         feats = features_fn(jnp.concatenate([pyr_pred[key], pyr_real[key]], axis=0))
-        for weight, feat in zip(weights, feats, strict=False):
+        for layer, (weight, feat) in enumerate(zip(weights, feats, strict=False)):
+            if weight == 0:
+                continue
+            if feat.size == 0:
+                raise ValueError(
+                    f"pyramid scale {scale} gives {pyr_pred[key].shape[1]}x"
+                    f"{pyr_pred[key].shape[2]} images, too small for feature map {layer} "
+                    f"(empty): drop the scale or that layer's weight"
+                )
             x = feat[:batch].astype(jnp.float32)
             y = jax.lax.stop_gradient(feat[batch:].astype(jnp.float32))
             total = total + weight * jnp.mean(jnp.abs(x - y))

@@ -1,0 +1,329 @@
+"""One training step of the GAN: the generator losses (eqs. (5)-(11)), the discriminator loss
+(eq. (12)) and both Adam updates, as one pure function of (state, batch, frozen).
+
+Alternation, as FOMM's training loop: the generator forward runs once; its losses are taken
+against the discriminator as it is at the start of the step, and the discriminator is trained
+on `stop_gradient` of that same forward's prediction; both updates are applied at the end.
+The spectral-norm vectors advance through the discriminator passes in FOMM's order (G step:
+fake, real; D step: fake, real).
+
+The triplet loss needs a second generator pass (the source driven by a cross-identity frame).
+`make_step_fn(config, triplet=...)` builds either variant as Python control flow, so the one
+without the cross pass computes none of it; the trainer compiles both and picks by step.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from maskrenderer_jax import losses
+from maskrenderer_jax.face3d import recon_net
+from maskrenderer_jax.face3d.branch import branch_inputs
+from maskrenderer_jax.models import maskrenderer as mr
+from maskrenderer_jax.nets import vgg19, vggface2
+from maskrenderer_jax.train import optim
+from maskrenderer_jax.train.state import GANState
+
+# Batch fields the step reads (the rest of the pipeline's fields stay on the host).
+IMAGE_KEYS = ("source", "driving", "cross_driving")
+FLAG_KEYS = ("flipped", "cross_flipped")
+COEFF_KEYS = ("source_coeffs", "driving_coeffs", "cross_coeffs")
+# The eq. (11) split: alpha * L_T + beta * (every other generator term).
+TRIPLET = "triplet"
+GENERATOR_TERMS = (
+    "perceptual",
+    "generator_gan",
+    "feature_matching",
+    "equivariance_value",
+    "equivariance_jacobian",
+    "warping",
+    TRIPLET,
+)
+
+
+def step_inputs(batch: dict, config: ml_collections.ConfigDict) -> dict:
+    """The subset of a pipeline batch that `make_step_fn`'s step reads."""
+    keys = IMAGE_KEYS + FLAG_KEYS
+    if mr.build_model(config.model).uses_3d and config.face3d.coefficients == "batch":
+        missing = [k for k in COEFF_KEYS if k not in batch]
+        if missing:
+            raise ValueError(
+                f"face3d.coefficients='batch' but the batch has no {missing}: build the data "
+                "set with --recon_variables, or set --config.face3d.coefficients=regressor"
+            )
+        keys += COEFF_KEYS
+    return {k: batch[k] for k in keys}
+
+
+def _face3d(config, frozen: dict, batch: dict, driver: str) -> dict:
+    """The 3D branch's inputs for the source driven by `driver` ('driving' or 'cross')."""
+    image_size = config.model.image_size
+    if config.face3d.coefficients == "regressor":
+        net = recon_net.ReconNet()
+
+        def coeffs(images):
+            x = recon_net.preprocess_fomm_crop(images)
+            return net.apply(frozen["recon"], x, train=False)
+
+        # The regressor sees the (possibly flipped) frames themselves: nothing to unmirror.
+        driving = coeffs(batch["driving" if driver == "driving" else "cross_driving"])
+        return branch_inputs(frozen["face_model"], coeffs(batch["source"]), driving, image_size)
+    return branch_inputs(
+        frozen["face_model"],
+        batch["source_coeffs"],
+        batch[f"{driver}_coeffs"],
+        image_size,
+        source_flipped=batch["flipped"],
+        driving_flipped=batch["flipped" if driver == "driving" else "cross_flipped"],
+    )
+
+
+def _discriminate(disc, params, stats, images, kp_value, scales):
+    maps, mutated = disc.apply(
+        {"params": params, "batch_stats": stats},
+        losses.image_pyramid(images, scales),
+        kp_value,
+        train=True,
+        mutable=["batch_stats"],
+    )
+    return maps, mutated["batch_stats"]
+
+
+def generator_losses(
+    config: ml_collections.ConfigDict,
+    *,
+    triplet: bool,
+    g_params,
+    g_stats,
+    d_params,
+    d_stats,
+    batch: dict,
+    frozen: dict,
+    rng: jax.Array,
+) -> tuple[dict, dict]:
+    """Every generator term (weighted within itself as FOMM; eq. (11)'s alpha/beta not yet).
+
+    Returns:
+      (terms {name: scalar float32}, aux {'g_stats', 'd_stats', 'prediction', 'kp_driving'}).
+    """
+    loss = config.loss
+    model = mr.build_model(config.model)
+    disc = mr.build_discriminator(config.model)
+    scales = tuple(config.model.discriminator.scales)
+    source, driving = batch["source"], batch["driving"]
+    g_vars = {"params": g_params, "batch_stats": g_stats}
+
+    def run(method, *args, **kwargs):
+        nonlocal g_vars
+        out, mutated = model.apply(g_vars, *args, method=method, mutable=["batch_stats"], **kwargs)
+        g_vars = {"params": g_params, "batch_stats": mutated["batch_stats"]}
+        return out
+
+    inputs_3d = _face3d(config, frozen, batch, "driving") if model.uses_3d else {}
+    out = run(mr.MaskRenderer.__call__, source, driving, **inputs_3d, train=True)
+    prediction = out["prediction"]
+    terms = {}
+
+    dtype = mr.DTYPES[config.model.dtype]  # the frozen nets compute in the model's dtype
+    if any(loss.perceptual):
+
+        def features(x):
+            return vgg19.Vgg19(dtype=dtype).apply(frozen["vgg19"], x)
+
+        terms["perceptual"] = losses.perceptual_loss(
+            features, prediction, driving, loss.pyramid_scales, loss.perceptual
+        )
+
+    kp_d = jax.lax.stop_gradient(out["kp_driving"]["value"])
+    kp_disc = kp_d if config.model.discriminator.use_kp else None
+    if loss.generator_gan or any(loss.feature_matching):
+        maps_fake, d_stats = _discriminate(disc, d_params, d_stats, prediction, kp_disc, scales)
+        maps_real, d_stats = _discriminate(disc, d_params, d_stats, driving, kp_disc, scales)
+        if loss.generator_gan:
+            terms["generator_gan"] = loss.generator_gan * losses.generator_gan_loss(maps_fake)
+        if any(loss.feature_matching):
+            terms["feature_matching"] = losses.feature_matching_loss(
+                maps_real, maps_fake, loss.feature_matching
+            )
+
+    if loss.equivariance_value or loss.equivariance_jacobian:
+        transform = losses.random_tps_transform(rng, source.shape[0], **loss.transform)
+        kp_t = run(mr.MaskRenderer.detect, transform.transform_frame(driving), train=True)
+        eq = losses.equivariance_losses(out["kp_driving"], kp_t, transform)
+        if loss.equivariance_value:
+            terms["equivariance_value"] = loss.equivariance_value * eq["equivariance_value"]
+        if loss.equivariance_jacobian and "equivariance_jacobian" in eq:
+            terms["equivariance_jacobian"] = (
+                loss.equivariance_jacobian * eq["equivariance_jacobian"]
+            )
+
+    if loss.warping:
+        driving_features = run(lambda m, x: m.generator.encode(x, train=True), driving)
+        terms["warping"] = loss.warping * losses.warping_loss(
+            out["warped_features"], driving_features, out.get("occlusion_maps")
+        )
+
+    if triplet:
+        cross = batch["cross_driving"]
+        cross_3d = _face3d(config, frozen, batch, "cross") if model.uses_3d else {}
+
+        def cross_pass(m, source, kp_source, cross):
+            kp_cross = m.detect(cross, train=True)
+            return m.animate(source, kp_source, kp_cross, **cross_3d, train=True)
+
+        cross_out = run(cross_pass, source, out["kp_source"], cross)
+
+        def embed(images):
+            net = vggface2.VGGFace2(dtype=dtype)
+            return net.apply(frozen["vggface2"], images, method=vggface2.VGGFace2.embed)
+
+        terms[TRIPLET] = losses.identity_triplet_loss(
+            embed,
+            source,
+            prediction,
+            cross_out["prediction"],
+            cross,
+            alpha=loss.triplet.alpha,
+            margin=loss.triplet.margin,
+        )
+
+    aux = {
+        "g_stats": g_vars["batch_stats"],
+        "d_stats": d_stats,
+        "prediction": prediction,
+        "kp_driving": kp_d,
+    }
+    return terms, aux
+
+
+def total_generator_loss(terms: dict, loss: ml_collections.ConfigDict) -> jax.Array:
+    """Eq. (11): alpha * L_T + beta * (sum of the other terms)."""
+    rest = sum((v for k, v in terms.items() if k != TRIPLET), jnp.zeros((), jnp.float32))
+    total = loss.beta * rest
+    if TRIPLET in terms:
+        total = total + loss.alpha * terms[TRIPLET]
+    return total
+
+
+def discriminator_loss(config, d_params, d_stats, driving, prediction, kp_driving):
+    """Eq. (12), FOMM's DiscriminatorFullModel: LSGAN on the real driving frame and the
+    stop-gradient prediction. Returns (loss, new spectral-norm stats)."""
+    disc = mr.build_discriminator(config.model)
+    scales = tuple(config.model.discriminator.scales)
+    kp = kp_driving if config.model.discriminator.use_kp else None
+    fake = jax.lax.stop_gradient(prediction)
+    maps_fake, d_stats = _discriminate(disc, d_params, d_stats, fake, kp, scales)
+    maps_real, d_stats = _discriminate(disc, d_params, d_stats, driving, kp, scales)
+    value = config.loss.discriminator_gan * losses.discriminator_gan_loss(maps_real, maps_fake)
+    return value, d_stats
+
+
+def gradient_norms(g_grads, d_grads) -> dict:
+    """Global L2 norms per network: FFD, dense motion, generator (without dense motion), D."""
+    generator = dict(g_grads["generator"])
+    dense = generator.pop("dense_motion_network")
+    return {
+        "grad_norm/kp_detector": optax.global_norm(g_grads["kp_detector"]),
+        "grad_norm/dense_motion": optax.global_norm(dense),
+        "grad_norm/generator": optax.global_norm(generator),
+        "grad_norm/discriminator": optax.global_norm(d_grads),
+    }
+
+
+def make_step_fn(
+    config: ml_collections.ConfigDict, *, triplet: bool
+) -> Callable[[GANState, dict, dict], tuple[GANState, dict]]:
+    """The pure step (state, batch, frozen) -> (state, metrics) of one triplet phase, with
+    `optim.adam(config.optim)` for both networks (FOMM: same lr, betas and milestones).
+
+    metrics: every generator term present, 'generator' (eq. (11) total), 'discriminator',
+    the gradient norms and 'learning_rate', all float32 scalars.
+    """
+
+    generator_tx = discriminator_tx = optim.adam(config.optim)
+    schedule = optim.learning_rate(config.optim)
+
+    def step(state: GANState, batch: dict, frozen: dict):
+        rng = state.step_key()
+
+        def g_objective(g_params):
+            terms, aux = generator_losses(
+                config,
+                triplet=triplet,
+                g_params=g_params,
+                g_stats=state.generator_stats,
+                d_params=state.discriminator,
+                d_stats=state.discriminator_stats,
+                batch=batch,
+                frozen=frozen,
+                rng=rng,
+            )
+            return total_generator_loss(terms, config.loss), (terms, aux)
+
+        (g_total, (terms, aux)), g_grads = jax.value_and_grad(g_objective, has_aux=True)(
+            state.generator
+        )
+
+        def d_objective(d_params):
+            return discriminator_loss(
+                config, d_params, aux["d_stats"], batch["driving"], aux["prediction"],
+                aux["kp_driving"],
+            )  # fmt: skip
+
+        (d_total, d_stats), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
+            state.discriminator
+        )
+        g_updates, g_opt = generator_tx.update(g_grads, state.generator_opt, state.generator)
+        d_updates, d_opt = discriminator_tx.update(
+            d_grads, state.discriminator_opt, state.discriminator
+        )
+        new_state = state.replace(
+            step=state.step + 1,
+            generator=optax.apply_updates(state.generator, g_updates),
+            discriminator=optax.apply_updates(state.discriminator, d_updates),
+            generator_stats=aux["g_stats"],
+            discriminator_stats=d_stats,
+            generator_opt=g_opt,
+            discriminator_opt=d_opt,
+        )
+        metrics = {
+            **terms,
+            "generator": g_total,
+            "discriminator": d_total,
+            **gradient_norms(g_grads, d_grads),
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+        }
+        return new_state, metrics
+
+    return step
+
+
+def make_preview_fn(config: ml_collections.ConfigDict) -> Callable[[GANState, dict, dict], dict]:
+    """(state, batch, frozen) -> images for the logs, inference-mode forward: source, driving,
+    prediction, occlusion masks (each resized to the image), and the rendered 3D face."""
+    model = mr.build_model(config.model)
+    size = config.model.image_size
+
+    def preview(state: GANState, batch: dict, frozen: dict) -> dict:
+        inputs_3d = _face3d(config, frozen, batch, "driving") if model.uses_3d else {}
+        out = model.apply(
+            {"params": state.generator, "batch_stats": state.generator_stats},
+            batch["source"],
+            batch["driving"],
+            **inputs_3d,
+            train=False,
+        )
+        images = {k: batch[k] for k in ("source", "driving")}
+        images["prediction"] = out["prediction"].astype(jnp.float32)
+        for i, occlusion in enumerate(out.get("occlusion_maps") or ()):
+            shape = (occlusion.shape[0], size, size, 3)
+            images[f"occlusion_{i}"] = jax.image.resize(occlusion.astype(jnp.float32), shape,
+                                                        "nearest")  # fmt: skip
+        if model.uses_3d:
+            images["rendered_3d"] = inputs_3d["rendered_3d"]
+        return images
+
+    return preview

@@ -1,0 +1,164 @@
+"""The compiled, sharded training step of a config on a mesh.
+
+    trainer = Trainer(config, mesh)
+    state = trainer.init_state()
+    report = trainer.compile(batch)            # AOT: both triplet phases, timed, measured
+    state, metrics = trainer.step(state, batch, step)
+
+`batch` is this process's numpy batch from data_pipeline.make_train_iter; the state is donated
+(the buffers of the input state are reused for the output).
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import jax
+import ml_collections
+import numpy as np
+
+from maskrenderer_jax.train import optim, sharding
+from maskrenderer_jax.train.frozen import load_frozen, uses_triplet
+from maskrenderer_jax.train.state import GANState, init_state
+from maskrenderer_jax.train.step import make_preview_fn, make_step_fn, step_inputs
+
+PREVIEW_ROWS = 4
+
+
+@dataclass
+class CompileReport:
+    """What compiling one step variant cost and what it will use."""
+
+    variant: str
+    seconds: float
+    flops: float  # per step, XLA's cost analysis (whole program, all devices)
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    alias_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + outputs + temporaries, less the donated buffers reused as outputs."""
+        return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
+
+    def describe(self) -> str:
+        return (
+            f"step[{self.variant}] compiled in {self.seconds:.1f} s; "
+            f"{self.flops / 1e9:.1f} GFLOP/step; per device: arguments "
+            f"{self.argument_bytes / 2**20:.0f} MiB, outputs {self.output_bytes / 2**20:.0f} MiB, "
+            f"temporaries {self.temp_bytes / 2**20:.0f} MiB, donated {self.alias_bytes / 2**20:.0f}"
+            f" MiB, peak ~{self.peak_bytes / 2**20:.0f} MiB"
+        )
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+class Trainer:
+    """Builds the state, the shardings and the two compiled step variants of a config."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        mesh: jax.sharding.Mesh,
+        frozen: dict | None = None,
+    ):
+        self.config = config
+        self.mesh = mesh
+        tx = optim.adam(config.optim)
+        self._init = lambda: init_state(config, config.train.seed, tx, tx)
+        self.state_shapes = jax.eval_shape(self._init)
+        self.state_shardings = sharding.tree_shardings(self.state_shapes, mesh, config.mesh)
+        frozen = load_frozen(config, config.train.seed) if frozen is None else frozen
+        self.frozen = jax.device_put(frozen, sharding.replicated(mesh))
+        self._variants = {}
+        self._preview = None
+
+    @property
+    def abstract_state(self) -> GANState:
+        """ShapeDtypeStructs with the state's shardings (a restore target)."""
+        return _abstract(self.state_shapes, self.state_shardings)
+
+    def init_state(self) -> GANState:
+        """A fresh state, created directly in its shardings."""
+        return jax.jit(self._init, out_shardings=self.state_shardings)()
+
+    def triplet_phase(self, step: int) -> bool:
+        return uses_triplet(self.config) and step >= self.config.loss.triplet_start_step
+
+    def device_batch(self, batch: dict) -> dict:
+        """This process's numpy batch -> the step's global, batch-sharded inputs."""
+        return sharding.global_batch(step_inputs(batch, self.config), self.mesh)
+
+    def _jit(self, triplet: bool):
+        batch_sharding = sharding.batch_sharding(self.mesh)
+        return jax.jit(
+            make_step_fn(self.config, triplet=triplet),
+            in_shardings=(self.state_shardings, batch_sharding, sharding.replicated(self.mesh)),
+            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+
+    def compile(self, batch: dict) -> list[CompileReport]:
+        """AOT-compiles every variant this run will use, for `batch`'s shapes; logs each."""
+        inputs = step_inputs(batch, self.config)
+        global_shapes = {
+            k: jax.ShapeDtypeStruct(
+                (v.shape[0] * jax.process_count(), *v.shape[1:]),
+                v.dtype,
+                sharding=sharding.batch_sharding(self.mesh),
+            )
+            for k, v in inputs.items()
+        }
+        variants = [False] + ([True] if uses_triplet(self.config) else [])
+        if self.triplet_phase(0):
+            variants = [True]
+        reports = []
+        for triplet in variants:
+            start = time.perf_counter()
+            lowered = self._jit(triplet).lower(self.abstract_state, global_shapes, self.frozen)
+            compiled = lowered.compile()
+            seconds = time.perf_counter() - start
+            self._variants[triplet] = compiled
+            memory = compiled.memory_analysis()
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            report = CompileReport(
+                variant="with triplet" if triplet else "without triplet",
+                seconds=seconds,
+                flops=float((cost or {}).get("flops", float("nan"))),
+                argument_bytes=getattr(memory, "argument_size_in_bytes", 0),
+                output_bytes=getattr(memory, "output_size_in_bytes", 0),
+                temp_bytes=getattr(memory, "temp_size_in_bytes", 0),
+                alias_bytes=getattr(memory, "alias_size_in_bytes", 0),
+            )
+            logging.info(report.describe())
+            reports.append(report)
+        return reports
+
+    def step(self, state: GANState, batch: dict, step: int) -> tuple[GANState, dict]:
+        """One step from the host-side step number `step` (== state.step; kept on the host so
+        choosing the variant never waits for the device). `batch`: this process's numpy
+        batch, or the output of `device_batch`."""
+        triplet = self.triplet_phase(step)
+        if triplet not in self._variants:
+            raise RuntimeError(f"call compile() first (variant triplet={triplet} is missing)")
+        if batch and isinstance(next(iter(batch.values())), np.ndarray):
+            batch = self.device_batch(batch)
+        return self._variants[triplet](state, batch, self.frozen)
+
+    def preview(self, state: GANState, batch: dict) -> dict[str, np.ndarray]:
+        """Log images of the first rows of `batch` (see step.make_preview_fn), on the host."""
+        if self._preview is None:
+            preview = make_preview_fn(self.config)
+            self._preview = jax.jit(
+                lambda s, b, f: jax.tree.map(lambda x: x[:PREVIEW_ROWS], preview(s, b, f)),
+                out_shardings=sharding.replicated(self.mesh),
+            )
+        if isinstance(next(iter(batch.values())), np.ndarray):
+            batch = self.device_batch(batch)
+        return jax.device_get(self._preview(state, batch, self.frozen))

@@ -3,9 +3,14 @@
 MapDataset chain (every stage indexable, so the iterator state is a position, and batches do
 not depend on the number of workers or processes):
   range(identities x num_repeats) -> shuffle(seed) -> repeat (a new order each epoch) ->
-  random_map(TrainSampler) -> this process's slice -> map(TrainLoader) -> batch(per-process B)
-then to_iter_dataset (+ mp_prefetch worker processes).
+  random_map(TrainSampler) -> this process's rows (ProcessRows) -> map(TrainLoader) ->
+  batch(per-process b)
+then to_iter_dataset (+ mp_prefetch worker processes). Process p's k-th batch is rows
+[p * b, (p + 1) * b) of global batch k, so the processes' batches, concatenated in process
+order (the layout of `jax.make_array_from_process_local_data`), are the 1-process batch.
 """
+
+from collections.abc import Sequence
 
 import grain
 import jax
@@ -77,6 +82,38 @@ def owned_arrays(batch: dict) -> dict:
     return {key: np.array(value) for key, value in batch.items()}
 
 
+class ProcessRows(grain.MapDataset):
+    """Process `index`'s rows of each global batch of `parent`: its j-th element is the parent's
+    (j // local) * (local * count) + index * local + j % local, for `count` processes with
+    `local` rows each."""
+
+    _MUTATES_ELEMENT_SPEC = False
+
+    def __init__(self, parent: grain.MapDataset, local: int, index: int, count: int):
+        super().__init__(parent)
+        self._local, self._index, self._count = local, index, count
+        self._length = len(parent) // (local * count) * local  # whole global batches
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, j: int) -> int:
+        epoch, j = divmod(j, self._length)  # like grain's slice: later epochs of the parent
+        batch, row = divmod(j, self._local)
+        return epoch * len(self._parent) + (batch * self._count + self._index) * self._local + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices: Sequence[int]):
+        return self._parent._getitems([self._parent_index(j) for j in indices])
+
+    def __str__(self) -> str:
+        return f"ProcessRows(local={self._local}, index={self._index}, count={self._count})"
+
+
 def local_batch_size(global_batch: int, mesh: jax.sharding.Mesh | None = None) -> int:
     """This process's share of the global batch."""
     count = jax.process_count()
@@ -100,10 +137,10 @@ def train_dataset(config: ml_collections.ConfigDict, mesh=None) -> grain.MapData
     index, count = jax.process_index(), jax.process_count()
     ds = grain.MapDataset.range(epoch).shuffle(seed=data.seed).repeat(None)
     ds = ds.random_map(sampler, seed=data.seed)  # rng from the GLOBAL position: see below
-    # Process p takes global examples p, p + count, ...: its k-th batch holds rows of the
-    # global batch k, which is the same whatever the process count, and no two processes
-    # share an rng stream. Each reads only the records of its own examples.
-    ds = ds.slice(slice(index, None, count)).map(TrainLoader(source))
+    # Process p takes rows [p * batch, (p + 1) * batch) of each global batch, so the global batch
+    # k (the processes' k-th batches in process order) is the same whatever the process count,
+    # and no two processes share an rng stream. Each reads only the records of its own examples.
+    ds = ProcessRows(ds, batch, index, count).map(TrainLoader(source))
     return ds.batch(batch, drop_remainder=True)
 
 

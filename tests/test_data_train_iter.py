@@ -145,18 +145,21 @@ def test_restored_iterator_with_workers_continues_exactly(data_dir):
     assert_same(take(config, 3, state=state), expected)
 
 
-def test_each_process_gets_its_rows_of_the_global_batch(data_dir, monkeypatch):
-    (global_batch,) = take(config_for(data_dir), 1)
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
+@pytest.mark.parametrize("count", [2, 4])
+def test_processes_batches_concatenate_to_the_one_process_batch(data_dir, count, monkeypatch):
+    config = config_for(data_dir, batch_size=8)  # 12 examples an epoch: batch 2 crosses its end
+    expected = take(config, 3)
+    monkeypatch.setattr(jax, "process_count", lambda: count)
     local = []
-    for p in range(2):
+    for p in range(count):
         monkeypatch.setattr(jax, "process_index", lambda p=p: p)
-        (batch,) = take(config_for(data_dir), 1)
-        assert batch["source"].shape[0] == 2  # 4 // 2 processes
-        local.append(batch)
-    for key, value in global_batch.items():  # process p holds global rows p, p + 2, ...
-        interleaved = np.stack([local[0][key], local[1][key]], 1).reshape(value.shape)
-        np.testing.assert_array_equal(interleaved, value, err_msg=key)
+        local.append(take(config, 3))
+        assert local[-1][0]["source"].shape[0] == 8 // count
+    concatenated = [
+        {key: np.concatenate([batches[k][key] for batches in local]) for key in expected[k]}
+        for k in range(3)
+    ]  # process 0's rows, then process 1's, ...: the layout of the sharded global batch
+    assert_same(concatenated, expected)
 
 
 def test_batch_must_split_over_processes_and_mesh(data_dir):

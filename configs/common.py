@@ -119,7 +119,9 @@ def training_sections(
             # eq. (11): total = alpha * L_T + beta * (the other generator terms).
             alpha=10.0 if maskrenderer else 0.0,
             beta=10.0 if maskrenderer else 1.0,
-            triplet=dict(alpha=0.8, margin=1.0),
+            # VGGFace2 input: crop = the reference's resize 256 + centre crop 224; without
+            # crop the whole frame is resized to input_size (cheaper; for CPU runs).
+            triplet=dict(alpha=0.8, margin=1.0, crop=True, input_size=224),
             # The step from which the cross-identity pass and L_T run. The paper leaves L_T out
             # of the first epochs: -1 derives the step from triplet_start_epoch (-1: never).
             triplet_start_step=-1,

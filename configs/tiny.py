@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # VGG19's relu5_1 needs >= 16 px: FOMM's 0.125 scale of a 64 px frame would be 8 px.
     config.loss.pyramid_scales = (1.0, 0.5, 0.25)
     config.loss.triplet_start_step = 2  # both compiled variants run within a few steps
+    config.loss.triplet.update(crop=False, input_size=64)  # VGGFace2 at 64 px (random weights)
     config.train.update(num_steps=4, log_every=1, image_every=2)
     config.checkpoint.update(every_steps=2, keep=2)
     config.lock()

@@ -39,15 +39,17 @@ NUM_CLASSES = 8631  # identities of the VGGFace2 training split (the dropped `fc
 EMBEDDING_SIZE = FEATURES  # 2048
 
 
-def preprocess(images: jax.Array, *, crop: bool = True) -> jax.Array:
+def preprocess(images: jax.Array, *, crop: bool = True, size: int = INPUT_SIZE) -> jax.Array:
     """RGB images in [0, 1] -> resnet50_ft input.
 
     Args:
       images: [B, H, W, 3] float RGB in [0, 1]; FOMM's 256x256 crops, or any size.
       crop: the reference's Resize(256) + CenterCrop(224) (see the module docstring); False
-        resizes the whole frame to 224x224.
+        resizes the whole frame to size x size.
+      size: the input size without crop (the published weights expect 224; smaller sizes
+        cost less and run, as the network pools globally, e.g. for CPU demos).
     Returns:
-      [B, 224, 224, 3] float32 BGR, 0-255 minus MEAN_BGR.
+      [B, 224, 224, 3] (crop) or [B, size, size, 3] float32 BGR, 0-255 minus MEAN_BGR.
     """
     x = images.astype(jnp.float32)
     b, h, w, c = x.shape
@@ -62,8 +64,8 @@ def preprocess(images: jax.Array, *, crop: bool = True) -> jax.Array:
         top = int(round((size[0] - INPUT_SIZE) / 2.0))
         left = int(round((size[1] - INPUT_SIZE) / 2.0))
         x = x[:, top : top + INPUT_SIZE, left : left + INPUT_SIZE]
-    elif (h, w) != (INPUT_SIZE, INPUT_SIZE):
-        x = jax.image.resize(x, (b, INPUT_SIZE, INPUT_SIZE, c), "linear", antialias=True)
+    elif (h, w) != (size, size):
+        x = jax.image.resize(x, (b, size, size, c), "linear", antialias=True)
     # The reference works on uint8 PIL images; [0, 1] floats are scaled instead of rounded.
     return x[..., ::-1] * 255.0 - jnp.asarray(MEAN_BGR, jnp.float32)
 
@@ -90,16 +92,16 @@ class VGGFace2(nn.Module):
         """
         return self.resnet(x, train=False)
 
-    def embed(self, images: jax.Array, *, crop: bool = True) -> jax.Array:
+    def embed(self, images: jax.Array, *, crop: bool = True, size: int = INPUT_SIZE) -> jax.Array:
         """Identity embeddings of RGB images.
 
         Args:
           images: [B, H, W, 3] float RGB in [0, 1] (FOMM's 256x256 crops).
-          crop: see `preprocess`.
+          crop, size: see `preprocess`.
         Returns:
           [B, 2048] float32, L2-normalised (cosine similarity = dot product).
         """
-        return l2_normalize(self(preprocess(images, crop=crop)))
+        return l2_normalize(self(preprocess(images, crop=crop, size=size)))
 
 
 def l2_normalize(features: jax.Array) -> jax.Array:

@@ -178,7 +178,13 @@ def generator_losses(
 
         def embed(images):
             net = vggface2.VGGFace2(dtype=dtype)
-            return net.apply(frozen["vggface2"], images, method=vggface2.VGGFace2.embed)
+            return net.apply(
+                frozen["vggface2"],
+                images,
+                crop=loss.triplet.crop,
+                size=loss.triplet.input_size,
+                method=vggface2.VGGFace2.embed,
+            )
 
         terms[TRIPLET] = losses.identity_triplet_loss(
             embed,

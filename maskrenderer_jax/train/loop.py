@@ -1,0 +1,147 @@
+"""The training run: data, mesh, state (fresh or resumed), the compiled steps, checkpoints,
+logs. `train.py` is its command line.
+
+A run resumes from the latest checkpoint in its workdir by itself. SIGTERM (preemption, a
+scheduler's stop) finishes the current step, saves, and returns. A non-finite metric stops
+the run with NonFiniteLossError naming the terms and the step, before that state is saved.
+"""
+
+import logging
+import math
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from data_pipeline import make_train_iter, sources
+from maskrenderer_jax.train import optim
+from maskrenderer_jax.train.checkpoint import Checkpoints
+from maskrenderer_jax.train.metrics import MetricsWriter
+from maskrenderer_jax.train.sharding import make_mesh
+from maskrenderer_jax.train.state import GANState
+from maskrenderer_jax.train.trainer import Trainer
+
+AfterStep = Callable[[int, GANState, Checkpoints], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient norm became NaN or infinite."""
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    """FOMM's epoch (every training identity num_repeats times) over the global batch."""
+    data = config.data
+    identities = sources.open_split(data, data.train_split).index.num_identities
+    return max(1, identities * data.num_repeats // data.batch_size)
+
+
+class _StopRequest:
+    """Remembers a SIGTERM; every process agrees on stopping at the same step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM: saving a checkpoint after this step, then stopping")
+        self.requested = True
+
+    def should_stop(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_finite(metrics: dict[str, float], step: int, last_checkpoint: int | None) -> None:
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        kept = f"checkpoint {last_checkpoint}" if last_checkpoint is not None else "no checkpoint"
+        raise NonFiniteLossError(
+            f"non-finite {', '.join(bad)} at step {step} "
+            f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); this state was not saved, the "
+            f"last good one is {kept}"
+        )
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    after_step: AfterStep | None = None,
+) -> dict[str, float]:
+    """Trains `config` in `workdir` up to config.train.num_steps; returns the last log's means.
+
+    Args:
+      config: a full training config (configs/*.py); its epoch-based schedule values are
+        resolved into steps here (written to workdir/config.json).
+      workdir: checkpoints/, tensorboard/, metrics.jsonl, config.json.
+      after_step: called as after_step(step, state, checkpoints) after each step (and its
+        checkpoint decision), e.g. for custom evaluation.
+    """
+    workdir = Path(workdir).expanduser()
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config.mesh)
+    optim.resolve_schedule(config, steps_per_epoch(config))
+    total = config.train.num_steps
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    logging.info(
+        "mesh %s over %d devices, %d processes; %d steps; triplet loss from step %d",
+        dict(mesh.shape), mesh.size, jax.process_count(), total, config.loss.triplet_start_step,
+    )  # fmt: skip
+
+    iterator = make_train_iter(config, mesh)
+    trainer = Trainer(config, mesh)
+    checkpoints = Checkpoints(workdir, config.checkpoint)
+    restored = checkpoints.restore(trainer.abstract_state, iterator)
+    if restored is None:
+        state, start = trainer.init_state(), 0
+    else:
+        state, start = restored
+        logging.info("resumed from the checkpoint at step %d", start)
+    if start >= total:
+        logging.info("already trained %d of %d steps", start, total)
+        checkpoints.close()
+        return {}
+
+    stop = _StopRequest()
+    writer = MetricsWriter(workdir, total, start)
+    means = {}
+    try:
+        batch = next(iterator)
+        with writer.paused():
+            trainer.compile(batch)
+        for step in range(start, total):
+            if step > start:
+                batch = next(iterator)
+            state, metrics = trainer.step(state, batch, step)
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            done = step + 1
+            check_finite(host, done, checkpoints.latest_step())
+            writer.add(host)
+            stopping = stop.should_stop()
+            checkpoints.save(done, state, iterator, force=stopping or done == total)
+            if done % config.train.log_every == 0 or done == total or stopping:
+                means = writer.write(done)
+            if done % config.train.image_every == 0 or done == total:
+                with writer.paused():
+                    writer.write_images(done, trainer.preview(state, batch))
+            if after_step is not None:
+                after_step(done, state, checkpoints)
+            if stopping:
+                logging.warning("stopped at step %d on SIGTERM; resume with the same workdir", done)
+                break
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+        stop.restore()
+    return means

@@ -232,10 +232,10 @@ def gradient_norms(g_grads, d_grads) -> dict:
     generator = dict(g_grads["generator"])
     dense = generator.pop("dense_motion_network")
     return {
-        "grad_norm/kp_detector": optax.global_norm(g_grads["kp_detector"]),
-        "grad_norm/dense_motion": optax.global_norm(dense),
-        "grad_norm/generator": optax.global_norm(generator),
-        "grad_norm/discriminator": optax.global_norm(d_grads),
+        "grad_norm/kp_detector": optax.tree.norm(g_grads["kp_detector"]),
+        "grad_norm/dense_motion": optax.tree.norm(dense),
+        "grad_norm/generator": optax.tree.norm(generator),
+        "grad_norm/discriminator": optax.tree.norm(d_grads),
     }
 
 

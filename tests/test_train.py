@@ -1,0 +1,361 @@
+"""Training: schedules, shardings, the 3D branch under flips, the two step variants, the run
+loop's failure handling, and the equivalences a scaled or interrupted run must keep:
+8 sharded devices == 1 device, FSDP == replicated, 2 processes == 1 process, and a run killed
+with SIGKILL and resumed == an uninterrupted run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import common
+from data_pipeline import make_train_iter
+from maskrenderer_jax.face3d import morphable_model as mm
+from maskrenderer_jax.face3d import synthetic_bfm
+from maskrenderer_jax.face3d.branch import branch_inputs
+from maskrenderer_jax.models.layers import coordinate_grid
+from maskrenderer_jax.train import loop, optim, sharding, step
+from maskrenderer_jax.train.checkpoint import Checkpoints, load_generator_variables
+from maskrenderer_jax.train.frozen import load_frozen
+from maskrenderer_jax.train.state import init_state
+from maskrenderer_jax.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = str(ROOT / "tests" / "train_runs.py")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A data dir where the synthetic_heads set gets built (on first use, once per module)."""
+    return tmp_path_factory.mktemp("tfds")
+
+
+def tiny(data_dir, arg: str = "", **sections) -> ml_collections.ConfigDict:
+    config = common.load_config(str(ROOT / "configs" / "tiny.py") + (f":{arg}" if arg else ""))
+    config.data.data_dir = str(data_dir)
+    for name, values in sections.items():
+        config[name].update(values)
+    return config
+
+
+def subprocess_env(cache_dir: Path, devices: int) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)  # later runs reuse the compiled steps
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def run_training(
+    workdir, steps, *, data_dir, cache_dir, config="configs/tiny.py:fomm", extra=(), check=True
+) -> subprocess.CompletedProcess:
+    """tests/train_runs.py in a subprocess with 8 CPU devices."""
+    cmd = [sys.executable, RUNS, "--config", str(ROOT / config), "--workdir", str(workdir),
+           "--steps", str(steps), "--set", f"data.data_dir={str(data_dir)!r}", *extra]  # fmt: skip
+    out = subprocess.run(cmd, env=subprocess_env(cache_dir, 8), capture_output=True, text=True,
+                         timeout=900)  # fmt: skip
+    if check and out.returncode:
+        raise AssertionError(f"training run failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    return out
+
+
+def metrics_lines(workdir) -> dict[int, dict]:
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return {row["step"]: row for row in map(json.loads, lines)}
+
+
+LOSS_KEYS = ("generator", "discriminator", "perceptual", "feature_matching", "equivariance_value")
+
+
+# --- schedules, shardings --------------------------------------------------------------------
+
+
+def test_epoch_schedule_resolves_into_steps():
+    config = common.load_config(str(ROOT / "configs" / "maskrenderer_vox256.py"))
+    optim.resolve_schedule(config, steps_per_epoch=50)
+    assert config.train.num_steps == 100 * 50
+    assert tuple(config.optim.milestones) == (60 * 50, 90 * 50)
+    assert config.loss.triplet_start_step == 10 * 50
+    schedule = optim.learning_rate(config.optim)
+    assert float(schedule(60 * 50 - 1)) == pytest.approx(2e-4)
+    assert float(schedule(60 * 50)) == pytest.approx(2e-5)
+    assert float(schedule(90 * 50)) == pytest.approx(2e-6)
+    # Step values set explicitly win over epochs.
+    config = common.load_config(str(ROOT / "configs" / "tiny.py"))
+    optim.resolve_schedule(config, steps_per_epoch=50)
+    assert (config.train.num_steps, config.loss.triplet_start_step) == (4, 2)
+
+
+def test_fsdp_rules_shard_the_largest_divisible_dimension():
+    rules = ml_collections.ConfigDict(
+        dict(rules=(("discriminator", "replicated"), (".*", "fsdp")), fsdp_min_size=100)
+    )
+    spec = sharding.leaf_spec
+    assert spec("generator/conv/kernel", (3, 3, 64, 128), rules, 4) == P(None, None, None, "fsdp")
+    assert spec("generator/conv/kernel", (3, 3, 8, 30), rules, 4) == P(None, None, "fsdp", None)
+    assert spec("generator/conv/kernel", (3, 3, 5, 7), rules, 4) == P()  # nothing divides
+    assert spec("generator/conv/bias", (64,), rules, 4) == P()  # below fsdp_min_size
+    assert spec("discriminator/conv/kernel", (3, 3, 64, 128), rules, 4) == P()
+    assert spec("generator/conv/kernel", (3, 3, 64, 128), rules, 1) == P()
+
+
+def test_mesh_must_cover_the_devices():
+    assert sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=2))).shape == {
+        "data": 4,
+        "fsdp": 2,
+    }
+    with pytest.raises(ValueError, match="does not cover the 8 devices"):
+        sharding.make_mesh(ml_collections.ConfigDict(dict(data=3, fsdp=2)))
+
+
+# --- the step ----------------------------------------------------------------------------------
+
+
+def test_flipped_frames_get_the_flipped_3d_inputs():
+    """Coefficients of flipped frames come mirrored, with id/exp/tex that cannot mirror: the
+    branch renders from the unmirrored set and flips, so it equals flipping the unflipped
+    frames' inputs exactly, for a flipped pair and for a flipped cross driver."""
+    model = synthetic_bfm.synthetic_bfm(0)
+    rng = np.random.default_rng(0)
+    coeffs = np.zeros((2, 2, mm.NUM_COEFFS), np.float32)
+    coeffs[..., :80] = rng.normal(0, 0.8, (2, 2, 80))
+    coeffs[..., 80:144] = rng.normal(0, 0.5, (2, 2, 64))
+    coeffs[..., 224:227] = rng.normal(0, 0.2, (2, 2, 3))
+    source, driving = jnp.asarray(coeffs[0]), jnp.asarray(coeffs[1])
+    fn = jax.jit(branch_inputs, static_argnums=3)
+    plain = fn(model, source, driving, 32)
+    mirror = mm.mirror_coefficients
+    yes, no = jnp.ones(2, bool), jnp.zeros(2, bool)
+    both = fn(model, mirror(source), mirror(driving), 32, source_flipped=yes, driving_flipped=yes)
+    only_driver = fn(model, source, mirror(driving), 32, source_flipped=no, driving_flipped=yes)
+    flip = lambda x: x[:, :, ::-1]  # noqa: E731
+    for name in ("coverage_3d", "rendered_3d"):
+        np.testing.assert_allclose(both[name], flip(plain[name]), atol=1e-5)
+        np.testing.assert_allclose(only_driver[name], flip(plain[name]), atol=1e-5)
+    # Motion on the face: driving pixels flip; the source position's x flips with the source.
+    # Off the face it is the identity grid in every case.
+    face = np.repeat(flip(plain["coverage_3d"])[..., None] > 0, 2, axis=-1)
+    motion = flip(plain["motion_3d"])
+    identity = np.broadcast_to(coordinate_grid(32, 32), motion.shape)
+    for out, expected in ((both, motion * np.array([-1.0, 1.0])), (only_driver, motion)):
+        np.testing.assert_allclose(out["motion_3d"], np.where(face, expected, identity), atol=1e-5)
+    assert float(plain["coverage_3d"].mean()) > 0.1  # a face was rendered
+
+
+def test_the_phase_before_the_triplet_start_has_no_cross_pass(data_dir):
+    """The variant before `triplet_start_step` traces no cross-identity generator pass and no
+    VGGFace2 (it runs without the net); the variant after it needs both."""
+    config = tiny(data_dir)
+    tx = optim.adam(config.optim)
+    state = jax.eval_shape(lambda: init_state(config, 0, tx, tx))
+    batch = {k: jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32) for k in step.IMAGE_KEYS}
+    batch |= {k: jax.ShapeDtypeStruct((2,), jnp.bool_) for k in step.FLAG_KEYS}
+    batch |= {k: jax.ShapeDtypeStruct((2, 257), jnp.float32) for k in step.COEFF_KEYS}
+    frozen = jax.eval_shape(lambda: load_frozen(config))
+    without = {k: v for k, v in frozen.items() if k != "vggface2"}
+    _, metrics = jax.eval_shape(step.make_step_fn(config, triplet=False), state, batch, without)
+    assert "triplet" not in metrics
+    with pytest.raises(KeyError, match="vggface2"):
+        jax.eval_shape(step.make_step_fn(config, triplet=True), state, batch, without)
+    _, metrics = jax.eval_shape(step.make_step_fn(config, triplet=True), state, batch, frozen)
+    assert "triplet" in metrics
+
+
+def test_eq11_weights_the_triplet_term_by_alpha_and_the_rest_by_beta():
+    loss = ml_collections.ConfigDict(dict(alpha=3.0, beta=2.0))
+    terms = {
+        "perceptual": jnp.float32(1.0),
+        "warping": jnp.float32(0.5),
+        "triplet": jnp.float32(4.0),
+    }
+    assert float(step.total_generator_loss(terms, loss)) == pytest.approx(2.0 * 1.5 + 3.0 * 4.0)
+
+
+# --- equivalences ------------------------------------------------------------------------------
+
+
+def train_steps(config, mesh, batches):
+    trainer = Trainer(config, mesh)
+    state = trainer.init_state()
+    trainer.compile(batches[0])
+    history = []
+    for i, batch in enumerate(batches):
+        state, metrics = trainer.step(state, batch, i)
+        history.append(jax.device_get(metrics))
+    return jax.device_get(state), history
+
+
+def assert_close_trees(a, b, rtol, what):
+    flat_a, _ = jax.tree_util.tree_flatten_with_path(a)
+    flat_b = jax.tree.leaves(b)
+    for (path, x), y in zip(flat_a, flat_b, strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        scale = max(np.abs(x).max(initial=0.0), 1e-6)
+        err = np.abs(x - y).max(initial=0.0) / scale
+        assert err <= rtol, f"{what} {jax.tree_util.keystr(path)}: relative error {err:.2e}"
+
+
+@pytest.mark.slow
+def test_sharded_steps_equal_the_one_device_steps(data_dir):
+    """The full MaskRenderer graph (3D branch, CBAM, multi-scale occlusion, triplet pass), two
+    steps: 1 device == 8 devices data-parallel == 2 x 4 FSDP (every leaf above 256 elements
+    sharded), to 1e-5 relative on every loss, gradient norm and state leaf."""
+    config = tiny(data_dir)
+    config.loss.triplet_start_step = 0  # one compiled variant that contains everything
+    batches = [next(it) for it in [make_train_iter(config)] for _ in range(2)]
+    devices = jax.devices()
+    reference = train_steps(config, sharding.make_mesh(config.mesh, devices[:1]), batches)
+    data_parallel = train_steps(config, sharding.make_mesh(config.mesh, devices), batches)
+    config.mesh.update(fsdp=4, fsdp_min_size=256)
+    fsdp_mesh = sharding.make_mesh(config.mesh, devices)
+    fsdp_trainer = Trainer(config, fsdp_mesh)
+    specs = {s.spec for s in jax.tree.leaves(fsdp_trainer.state_shardings)}
+    assert any("fsdp" in spec for spec in specs)  # something is really sharded
+    fsdp = train_steps(config, fsdp_mesh, batches)
+    for name, run in (("8 devices", data_parallel), ("FSDP", fsdp)):
+        assert_close_trees(reference[1], run[1], 1e-5, f"{name} metrics")
+        assert_close_trees(reference[0], run[0], 1e-5, f"{name} state")
+    assert "triplet" in reference[1][0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one(data_dir, tmp_path):
+    """A real 2-process job on loopback (4 CPU devices each, gloo collectives) trains 2 steps
+    of the MaskRenderer graph to the same losses and parameters as 1 process with 8."""
+    cache = tmp_path / "jax_cache"
+    extra = ["--set", "loss.triplet_start_step=1"]
+    run_training(tmp_path / "one", 2, data_dir=data_dir, cache_dir=cache,
+                 config="configs/tiny.py", extra=extra)  # fmt: skip
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                RUNS,
+                "--config",
+                str(ROOT / "configs/tiny.py"),
+                "--workdir",
+                str(tmp_path / "two"),
+                "--steps",
+                "2",
+                "--set",
+                f"data.data_dir={str(data_dir)!r}",
+                *extra,
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+            ],
+            env=subprocess_env(cache, 4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-4000:]
+    one, two = metrics_lines(tmp_path / "one"), metrics_lines(tmp_path / "two")
+    for s in (1, 2):
+        for key in (*LOSS_KEYS, "warping", "grad_norm/generator"):
+            assert two[s][key] == pytest.approx(one[s][key], rel=1e-5), (s, key)
+    assert "triplet" in two[2]
+    config = common.load_config(str(ROOT / "configs" / "tiny.py"))
+    assert_close_trees(
+        load_generator_variables(tmp_path / "one", config),
+        load_generator_variables(tmp_path / "two", config),
+        1e-5,
+        "generator variables",
+    )
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_trajectory(data_dir, tmp_path):
+    """6 steps straight == 3 steps, SIGKILL right after checkpoint 3, then a resumed run to 6:
+    same losses at steps 4-6 (same batches) and bit-identical parameters."""
+    cache = tmp_path / "jax_cache"
+    extra = ["--set", "checkpoint.every_steps=3", "--set", "train.log_every=1"]
+    run_training(tmp_path / "straight", 6, data_dir=data_dir, cache_dir=cache, extra=extra)
+    killed = run_training(tmp_path / "resumed", 6, data_dir=data_dir, cache_dir=cache,
+                          extra=[*extra, "--kill_after", "3"], check=False)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert max(metrics_lines(tmp_path / "resumed")) == 3
+    resumed = run_training(tmp_path / "resumed", 6, data_dir=data_dir, cache_dir=cache, extra=extra)
+    assert "resumed from the checkpoint at step 3" in resumed.stderr
+    straight, again = metrics_lines(tmp_path / "straight"), metrics_lines(tmp_path / "resumed")
+    for s in (4, 5, 6):
+        for key in LOSS_KEYS:
+            assert again[s][key] == straight[s][key], (s, key)
+    config = common.load_config(str(ROOT / "configs" / "tiny.py") + ":fomm")
+    a = load_generator_variables(tmp_path / "straight", config)
+    b = load_generator_variables(tmp_path / "resumed", config)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
+    cache = tmp_path / "jax_cache"
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, RUNS, "--config", str(ROOT / "configs/tiny.py:fomm"), "--workdir",
+           str(workdir), "--steps", "1000", "--set", f"data.data_dir={str(data_dir)!r}",
+           "--set", "train.log_every=1", "--set", "checkpoint.every_steps=1000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=subprocess_env(cache, 1), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 600
+    metrics = workdir / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.time() < deadline, "the run did not get going"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    last = max(metrics_lines(workdir))
+    assert 2 <= last < 1000
+    assert f"stopped at step {last} on SIGTERM" in err
+    config = tiny(tmp_path, "fomm")
+    assert Checkpoints(workdir, config.checkpoint).latest_step() == last
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
+    data_dir, tmp_path, monkeypatch
+):
+    """The step is replaced by one that returns NaN for 'perceptual' at step 3 (no compile):
+    the run stops naming the term and the step; checkpoint 2 stays the latest, intact."""
+    config = tiny(data_dir, "fomm", train=dict(num_steps=5, image_every=100),
+                  checkpoint=dict(every_steps=1))  # fmt: skip
+
+    def fake_step(self, state, batch, index):
+        value = np.nan if index == 2 else 1.0
+        metrics = {"perceptual": jnp.float32(value), "generator": jnp.float32(1.0)}
+        return state.replace(step=state.step + 1), metrics
+
+    monkeypatch.setattr(Trainer, "compile", lambda self, batch: [])
+    monkeypatch.setattr(Trainer, "step", fake_step)
+    monkeypatch.setattr(Trainer, "preview", lambda self, state, batch: {})
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite perceptual at step 3"):
+        loop.train(config, tmp_path)
+    checkpoints = Checkpoints(tmp_path, config.checkpoint)
+    assert checkpoints.latest_step() == 2
+    abstract = Trainer(config, sharding.make_mesh(config.mesh)).abstract_state
+    state, restored_step = checkpoints.restore(abstract)
+    assert restored_step == 2 and int(state.step) == 2

@@ -89,6 +89,25 @@ def test_transform_matches_fomm(tps):
     )
 
 
+def test_transform_of_a_shared_grid_under_jit_matches_float64():
+    """A [1, 64*64] grid warped by 8 transforms, jitted, as transform_frame does in training.
+    XLA:CPU (jaxlib 0.10.2) miscompiled the broadcast-multiply-reduce form of the TPS sum here
+    (errors of ~75 with unit control parameters, only when fused with the affine part)."""
+    transform = losses.random_tps_transform(jax.random.key(0), 8)
+    transform = transform.replace(control_params=transform.control_params * 200)  # ~N(0, 1)
+    grid = np.asarray(losses.equivariance.coordinate_grid(64, 64)).reshape(1, -1, 2)
+    got = jax.jit(type(transform).warp_coordinates)(transform, jnp.asarray(grid))
+    theta = np.asarray(transform.theta, np.float64)
+    points = np.asarray(transform.control_points, np.float64)
+    params = np.asarray(transform.control_params, np.float64)
+    dist = np.abs(grid[0, :, None, :] - points).sum(-1)
+    tps = (dist**2 * np.log(dist + 1e-6)) @ params.T
+    want = (
+        np.einsum("bij,nj->bni", theta[:, :, :2], grid[0]) + theta[:, None, :, 2] + tps.T[..., None]
+    )
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+
+
 def test_random_transform_statistics():
     transform = losses.random_tps_transform(jax.random.key(1), 4000)
     noise = np.asarray(transform.theta) - np.eye(2, 3)

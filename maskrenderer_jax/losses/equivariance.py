@@ -38,13 +38,18 @@ class TPSTransform:
           [B, N, 2] float32.
         """
         coords = coords.astype(jnp.float32)
-        affine = jnp.matmul(self.theta[:, None, :, :2], coords[..., None], precision=_HI)
-        out = affine[..., 0] + self.theta[:, None, :, 2]
+        batch = max(coords.shape[0], self.theta.shape[0])
+        coords = jnp.broadcast_to(coords, (batch, *coords.shape[1:]))
+        # Both sums as dot_generals: XLA:CPU (jaxlib 0.10.2) miscompiles the equivalent
+        # broadcast-multiply-reduce of the TPS term when fused with the addition (wrong values
+        # on 1 device at [8, 4096] points; see tests/test_losses.py).
+        out = jnp.einsum("bij,bnj->bni", self.theta[:, :, :2], coords, precision=_HI)
+        out = out + self.theta[:, None, :, 2]
         # FOMM's TPS radius is the L1 distance; r^2 log(r + 1e-6) is finite (0) at r = 0.
         dist = jnp.sum(jnp.abs(coords[:, :, None, :] - self.control_points), axis=-1)
         basis = dist**2 * jnp.log(dist + 1e-6)
-        tps = jnp.sum(basis * self.control_params[:, None, :], axis=-1, keepdims=True)
-        return out + tps
+        tps = jnp.einsum("bnp,bp->bn", basis, self.control_params, precision=_HI)
+        return out + tps[..., None]
 
     def jacobian(self, coords: jax.Array) -> jax.Array:
         """dT/dz at each point, [B, N, 2, 2] with J[..., i, j] = dT_i / dz_j.

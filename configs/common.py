@@ -101,15 +101,18 @@ def training_sections(
     """Adds the loss, optim, face3d, mesh, checkpoint and train sections to `config`.
 
     FOMM's vox-256 weights for the terms both models share (perceptual [10]*5 over the
-    pyramid, feature matching [10]*4, generator_gan 0, discriminator_gan 1, equivariance 10 +
-    10); MaskRenderer adds L_W (10) and L_T (eq. (6): alpha 0.8, margin 1) and weighs eq. (11):
+    pyramid, feature matching [10]*4, discriminator_gan 1, equivariance 10 + 10); MaskRenderer
+    adds the LSGAN generator term (eq. (9), 1), L_W (10) and L_T (eq. (6): alpha 0.8, margin 1)
+    and weighs eq. (11):
     alpha * L_T + beta * (every other generator term), alpha = beta = 10. FOMM: beta 1, no L_T.
     """
     config.loss = ml_collections.ConfigDict(
         dict(
             pyramid_scales=(1.0, 0.5, 0.25, 0.125),
             perceptual=(10.0,) * 5,
-            generator_gan=0.0,
+            # FOMM vox-256 trains with feature matching only (generator_gan 0); MaskRenderer's
+            # objective has the LSGAN term of eq. (9) (weight 1, as FOMM's vox-adv-256).
+            generator_gan=1.0 if maskrenderer else 0.0,
             discriminator_gan=1.0,
             feature_matching=(10.0,) * 4,
             equivariance_value=10.0,

@@ -75,7 +75,7 @@ def metrics_lines(workdir) -> dict[int, dict]:
     return {row["step"]: row for row in map(json.loads, lines)}
 
 
-LOSS_KEYS = ("generator", "discriminator", "perceptual", "feature_matching", "equivariance_value")
+LOSS_KEYS = ("generator", "perceptual", "equivariance_value", "equivariance_jacobian")
 
 
 # --- schedules, shardings --------------------------------------------------------------------
@@ -203,7 +203,8 @@ def assert_close(a, b, rtol, what):
         assert err <= rtol, f"{what} {jax.tree_util.keystr(path)}: relative error {err:.2e}"
 
 
-LOSS_TERMS = (*LOSS_KEYS, "equivariance_jacobian", "warping", "triplet")
+LOSS_TERMS = (*LOSS_KEYS, "discriminator", "generator_gan", "feature_matching", "warping",
+              "triplet")  # fmt: skip
 
 
 def assert_same_updates(params, params_b, lr, what):

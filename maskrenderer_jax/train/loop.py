@@ -114,7 +114,7 @@ def train(
 
     stop = _StopRequest()
     writer = MetricsWriter(workdir, total, start)
-    means = {}
+    first, means = {}, {}
     try:
         batch = next(iterator)
         with writer.paused():
@@ -131,6 +131,8 @@ def train(
             checkpoints.save(done, state, iterator, force=stopping or done == total)
             if done % config.train.log_every == 0 or done == total or stopping:
                 means = writer.write(done)
+                for key, value in means.items():
+                    first.setdefault(key, (done, value))
             if done % config.train.image_every == 0 or done == total:
                 with writer.paused():
                     writer.write_images(done, trainer.preview(state, batch))
@@ -144,4 +146,9 @@ def train(
         checkpoints.close()
         writer.close()
         stop.restore()
+    if jax.process_index() == 0:  # the first and last logged value of each loss
+        for key in ("generator", "discriminator", "perceptual", "triplet"):
+            if key in first and key in means:
+                logging.info("%s: %.4g at step %d -> %.4g at step %d", key, first[key][1],
+                             first[key][0], means[key], done)  # fmt: skip
     return means

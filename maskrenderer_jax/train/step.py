@@ -5,7 +5,8 @@ Alternation, as FOMM's training loop: the generator forward runs once; its losse
 against the discriminator as it is at the start of the step, and the discriminator is trained
 on `stop_gradient` of that same forward's prediction; both updates are applied at the end.
 The spectral-norm vectors advance through the discriminator passes in FOMM's order (G step:
-fake, real; D step: fake, real).
+fake, real; D step: fake, real). With `loss.generator_gan` 0 (FOMM's vox-256), as FOMM, the
+discriminator is neither run nor trained (`adversarial`).
 
 The triplet loss needs a second generator pass (the source driven by a cross-identity frame).
 `make_step_fn(config, triplet=...)` builds either variant as Python control flow, so the one
@@ -139,11 +140,10 @@ def generator_losses(
 
     kp_d = jax.lax.stop_gradient(out["kp_driving"]["value"])
     kp_disc = kp_d if config.model.discriminator.use_kp else None
-    if loss.generator_gan or any(loss.feature_matching):
+    if adversarial(config):
         maps_fake, d_stats = _discriminate(disc, d_params, d_stats, prediction, kp_disc, scales)
         maps_real, d_stats = _discriminate(disc, d_params, d_stats, driving, kp_disc, scales)
-        if loss.generator_gan:
-            terms["generator_gan"] = loss.generator_gan * losses.generator_gan_loss(maps_fake)
+        terms["generator_gan"] = loss.generator_gan * losses.generator_gan_loss(maps_fake)
         if any(loss.feature_matching):
             terms["feature_matching"] = losses.feature_matching_loss(
                 maps_real, maps_fake, loss.feature_matching
@@ -227,16 +227,24 @@ def discriminator_loss(config, d_params, d_stats, driving, prediction, kp_drivin
     return value, d_stats
 
 
-def gradient_norms(g_grads, d_grads) -> dict:
+def adversarial(config: ml_collections.ConfigDict) -> bool:
+    """FOMM trains with the discriminator only when `generator_gan` != 0: with 0 (vox-256) it
+    computes neither the GAN nor the feature-matching term and never updates D."""
+    return config.loss.generator_gan != 0
+
+
+def gradient_norms(g_grads, d_grads=None) -> dict:
     """Global L2 norms per network: FFD, dense motion, generator (without dense motion), D."""
     generator = dict(g_grads["generator"])
     dense = generator.pop("dense_motion_network")
-    return {
+    norms = {
         "grad_norm/kp_detector": optax.tree.norm(g_grads["kp_detector"]),
         "grad_norm/dense_motion": optax.tree.norm(dense),
         "grad_norm/generator": optax.tree.norm(generator),
-        "grad_norm/discriminator": optax.tree.norm(d_grads),
     }
+    if d_grads is not None:
+        norms["grad_norm/discriminator"] = optax.tree.norm(d_grads)
+    return norms
 
 
 def make_step_fn(
@@ -245,8 +253,8 @@ def make_step_fn(
     """The pure step (state, batch, frozen) -> (state, metrics) of one triplet phase, with
     `optim.adam(config.optim)` for both networks (FOMM: same lr, betas and milestones).
 
-    metrics: every generator term present, 'generator' (eq. (11) total), 'discriminator',
-    the gradient norms and 'learning_rate', all float32 scalars.
+    metrics: every generator term present, 'generator' (eq. (11) total), 'discriminator'
+    (when `adversarial`), the gradient norms and 'learning_rate', all float32 scalars.
     """
 
     generator_tx = discriminator_tx = optim.adam(config.optim)
@@ -273,35 +281,37 @@ def make_step_fn(
             state.generator
         )
 
-        def d_objective(d_params):
-            return discriminator_loss(
-                config, d_params, aux["d_stats"], batch["driving"], aux["prediction"],
-                aux["kp_driving"],
-            )  # fmt: skip
-
-        (d_total, d_stats), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
-            state.discriminator
-        )
         g_updates, g_opt = generator_tx.update(g_grads, state.generator_opt, state.generator)
-        d_updates, d_opt = discriminator_tx.update(
-            d_grads, state.discriminator_opt, state.discriminator
-        )
         new_state = state.replace(
             step=state.step + 1,
             generator=optax.apply_updates(state.generator, g_updates),
-            discriminator=optax.apply_updates(state.discriminator, d_updates),
             generator_stats=aux["g_stats"],
-            discriminator_stats=d_stats,
             generator_opt=g_opt,
-            discriminator_opt=d_opt,
         )
-        metrics = {
-            **terms,
-            "generator": g_total,
-            "discriminator": d_total,
-            **gradient_norms(g_grads, d_grads),
-            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
-        }
+        metrics = {**terms, "generator": g_total}
+        d_grads = None
+        if adversarial(config):
+
+            def d_objective(d_params):
+                return discriminator_loss(
+                    config, d_params, aux["d_stats"], batch["driving"], aux["prediction"],
+                    aux["kp_driving"],
+                )  # fmt: skip
+
+            (d_total, d_stats), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
+                state.discriminator
+            )
+            d_updates, d_opt = discriminator_tx.update(
+                d_grads, state.discriminator_opt, state.discriminator
+            )
+            new_state = new_state.replace(
+                discriminator=optax.apply_updates(state.discriminator, d_updates),
+                discriminator_stats=d_stats,
+                discriminator_opt=d_opt,
+            )
+            metrics["discriminator"] = d_total
+        metrics.update(gradient_norms(g_grads, d_grads))
+        metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
         return new_state, metrics
 
     return step

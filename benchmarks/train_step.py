@@ -8,12 +8,13 @@ generator_gan != 0 also LSGAN and feature matching), backward, Adam for the gene
 keypoint detector), then, with generator_gan != 0, the discriminator's LSGAN loss, backward and
 Adam. FOMM's vox-256 (generator_gan 0) trains without a discriminator, and so do both sides.
 JAX runs Trainer.step (compiled ahead of time, compile time reported apart); torch runs
-tests/fomm_torch_train.py (FOMM's GeneratorFullModel / DiscriminatorFullModel and train.py,
-on the tests' mirror modules) in train mode. Same configs, batch and image size, float32,
+tests/fomm_torch_train.py (FOMM's GeneratorFullModel / DiscriminatorFullModel and train.py, on
+the tests' mirror modules) in train mode. Same configs, batch and image size, float32,
 synthetic batches (the data set is not read). After a warm-up step each, timed steps alternate
-between the two (order swapped every round) so machine noise hits both alike; each reports its median. The MaskRenderer config
-(3D branch, warping and triplet losses) has no torch counterpart. On a GPU backend the full
-MaskRenderer vox-256 config also runs in bfloat16, with its model-FLOP utilisation.
+between the two (order swapped every round) so machine noise hits both alike; each reports its
+median. The MaskRenderer config (3D branch, warping and triplet losses) has no torch
+counterpart. On a GPU backend the full MaskRenderer vox-256 config also runs in bfloat16, with
+its model-FLOP utilisation.
 """
 
 import argparse

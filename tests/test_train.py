@@ -153,16 +153,20 @@ def test_flipped_frames_get_the_flipped_3d_inputs():
     assert float(plain["coverage_3d"].mean()) > 0.1  # a face was rendered
 
 
-def test_the_phase_before_the_triplet_start_has_no_cross_pass(data_dir):
-    """The variant before `triplet_start_step` traces no cross-identity generator pass and no
-    VGGFace2 (it runs without the net); the variant after it needs both."""
-    config = tiny(data_dir)
+def abstract_step_inputs(config):
     tx = optim.adam(config.optim)
     state = jax.eval_shape(lambda: init_state(config, 0, tx, tx))
     batch = {k: jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32) for k in step.IMAGE_KEYS}
     batch |= {k: jax.ShapeDtypeStruct((2,), jnp.bool_) for k in step.FLAG_KEYS}
     batch |= {k: jax.ShapeDtypeStruct((2, 257), jnp.float32) for k in step.COEFF_KEYS}
-    frozen = jax.eval_shape(lambda: load_frozen(config))
+    return state, batch, jax.eval_shape(lambda: load_frozen(config))
+
+
+def test_the_phase_before_the_triplet_start_has_no_cross_pass(data_dir):
+    """The variant before `triplet_start_step` traces no cross-identity generator pass and no
+    VGGFace2 (it runs without the net); the variant after it needs both."""
+    state, batch, frozen = abstract_step_inputs(tiny(data_dir))
+    config = tiny(data_dir)
     without = {k: v for k, v in frozen.items() if k != "vggface2"}
     _, metrics = jax.eval_shape(step.make_step_fn(config, triplet=False), state, batch, without)
     assert "triplet" not in metrics
@@ -170,6 +174,19 @@ def test_the_phase_before_the_triplet_start_has_no_cross_pass(data_dir):
         jax.eval_shape(step.make_step_fn(config, triplet=True), state, batch, without)
     _, metrics = jax.eval_shape(step.make_step_fn(config, triplet=True), state, batch, frozen)
     assert "triplet" in metrics
+
+
+def test_online_regressor_coefficients_need_no_batch_coefficients(data_dir):
+    """face3d.coefficients='regressor': the frozen ReconNet regresses every frame's 3DMM
+    coefficients inside the step; the batch needs none, the frozen set has the net."""
+    config = tiny(data_dir, face3d=dict(coefficients="regressor"))
+    state, batch, frozen = abstract_step_inputs(config)
+    assert "recon" in frozen
+    batch = {k: v for k, v in batch.items() if k not in step.COEFF_KEYS}
+    _, metrics = jax.eval_shape(step.make_step_fn(config, triplet=True), state, batch, frozen)
+    assert {"warping", "triplet"} <= set(metrics)
+    with pytest.raises(ValueError, match="has no"):
+        step.step_inputs(batch, tiny(data_dir))  # 'batch' coefficients but none in the batch
 
 
 def test_eq11_weights_the_triplet_term_by_alpha_and_the_rest_by_beta():
@@ -356,6 +373,11 @@ def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
     last = max(metrics_lines(workdir))
     assert 2 <= last < 1000
     assert f"stopped at step {last} on SIGTERM" in err
+    events = b"".join(p.read_bytes() for p in (workdir / "tensorboard").iterdir())
+    for tag in (b"loss/perceptual", b"loss/generator", b"grad_norm/kp_detector",
+                b"time/steps_per_second", b"optim/learning_rate", b"samples"):  # fmt: skip
+        assert tag in events, tag
+    assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 1000
     config = tiny(tmp_path, "fomm")
     assert Checkpoints(workdir, config.checkpoint).latest_step() == last
 

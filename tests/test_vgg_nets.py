@@ -63,7 +63,7 @@ def test_vgg19_matches_torch(vgg):
 
 @pytest.mark.parametrize("size", [16, 32])
 def test_vgg19_small_maps_match_torch(vgg, size):
-    """Maps of <= 2x2 pixels take Conv3x3's patches @ kernel form (16 px: relu4_1's block,
+    """Maps of <= 2x2 pixels take layers.Conv's patches @ kernel form (16 px: relu4_1's block,
     32 px: relu5_1's)."""
     got = vgg_parity(*vgg, random_images(2, size, size, seed=4))
     assert got["relu5_1"].shape[1:3] == (size // 16, size // 16)

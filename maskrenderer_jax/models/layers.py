@@ -141,20 +141,50 @@ class AntiAliasDownsample(nn.Module):
         )
 
 
+# XLA:CPU (jaxlib 0.10.2) runs a 3x3 convolution on a 2x2 map with hundreds of channels ~30x
+# slower than the same product as patches @ kernel (137 vs 5 ms at 16 x 2 x 2 x 512, 271 vs
+# 15 ms with its gradient). FOMM's hourglasses (1024 channels at 2x2 in vox-256) and VGG19's
+# small pyramid scales meet such maps; up to this many pixels `Conv` takes the matmul form.
+SMALL_MAP_PIXELS = 4
+
+
+class Conv(nn.Module):
+    """nn.Conv(features, (k, k), stride 1, padding k // 2) with the same parameters ('kernel'
+    [k, k, I, O], 'bias' [O]) and results, computed as patches @ kernel on tiny maps."""
+
+    features: int
+    kernel_size: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features),
+            self.param_dtype,
+        )  # fmt: skip
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        padding = ((k // 2, k // 2),) * 2
+        numbers = ("NHWC", "HWIO", "NHWC")
+        if x.shape[1] * x.shape[2] <= SMALL_MAP_PIXELS:
+            # Patch features are ordered (input channel, kh, kw).
+            patches = jax.lax.conv_general_dilated_patches(
+                x, (k, k), (1, 1), padding, dimension_numbers=numbers
+            )
+            y = patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, self.features)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=numbers)
+        return y + bias.astype(self.dtype)
+
+
 def conv_bn_relu(
     x: jax.Array, features: int, kernel_size: int, *, train: bool, dtype: Dtype, param_dtype: Dtype
 ) -> jax.Array:
     """conv ('conv') -> BN ('norm') -> ReLU, created inside the calling compact module so the
     parameter names are FOMM's `<block>.conv.*` / `<block>.norm.*`."""
-    pad = kernel_size // 2
-    x = nn.Conv(
-        features,
-        (kernel_size, kernel_size),
-        padding=((pad, pad), (pad, pad)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name="conv",
-    )(x)
+    x = Conv(features, kernel_size, dtype=dtype, param_dtype=param_dtype, name="conv")(x)
     x = batch_norm(train, param_dtype, "norm")(x)
     return nn.relu(x).astype(dtype)
 
@@ -235,13 +265,8 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         features = x.shape[-1]
-        conv = lambda name: nn.Conv(
-            features,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
+        conv = lambda name: Conv(
+            features, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )
         out = nn.relu(batch_norm(train, self.param_dtype, "norm1")(x)).astype(self.dtype)
         out = conv("conv1")(out)

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maskrenderer_jax.models.layers import Conv
 from maskrenderer_jax.nets import random_weights
 
 Dtype = Any
@@ -34,41 +35,6 @@ SLICES = (
     ("relu5_1", ((21, 512), (23, 512), (25, 512), "pool", (28, 512))),
 )
 LAYERS = tuple(name for name, _ in SLICES)
-
-
-# XLA:CPU (jaxlib 0.10.2) runs a 3x3 convolution on a 2x2 map with hundreds of channels ~30x
-# slower than the same product as patches @ kernel (137 vs 5 ms at 16 x 2 x 2 x 512, 271 vs
-# 15 ms with its gradient); VGG19 meets such maps at the small pyramid scales (relu5_1 of a
-# 32 px frame). Maps up to this many pixels take the matmul form.
-SMALL_MAP_PIXELS = 4
-
-
-class Conv3x3(nn.Module):
-    """nn.Conv(features, (3, 3), padding 1) with the same 'kernel' [3, 3, I, O] and 'bias'."""
-
-    features: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features),
-            self.param_dtype,
-        )  # fmt: skip
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        numbers = ("NHWC", "HWIO", "NHWC")
-        if x.shape[1] * x.shape[2] <= SMALL_MAP_PIXELS:
-            # Patch features are ordered (input channel, kh, kw).
-            patches = jax.lax.conv_general_dilated_patches(
-                x, (3, 3), (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers
-            )
-            y = patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, self.features)
-        else:
-            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                             dimension_numbers=numbers)  # fmt: skip
-        return y + bias.astype(self.dtype)
 
 
 class Vgg19(nn.Module):
@@ -99,7 +65,7 @@ class Vgg19(nn.Module):
                     x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
                     continue
                 index, channels = layer
-                x = Conv3x3(
+                x = Conv(
                     channels,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,

@@ -13,7 +13,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 # The demo job: trains configs/demo.py (the full MaskRenderer graph, 64 px) on the embedded
-# synthetic_heads set (built on first use), ~10 minutes on a 2-core CPU, then writes a
+# synthetic_heads set (built on first use), ~7 minutes on a 2-core CPU, then writes a
 # reenactment of a held-out identity. Outputs in $(DEMO_WORKDIR): reenactment.mp4/.png,
 # tensorboard/, metrics.jsonl, config.json, checkpoints/.
 DEMO_WORKDIR ?= workdirs/demo

@@ -3,7 +3,7 @@ reenactment outputs)
 
 The full MaskRenderer graph (3DMM branch from the data set's coefficients, CBAM, multi-scale
 occlusion, warping loss, the triplet loss switched on half-way) at configs/tiny.py's sizes,
-trained on the embedded synthetic_heads set for a few hundred steps: a CPU run of about ten
+trained on the embedded synthetic_heads set for a few hundred steps: a CPU run of about seven
 minutes that exercises every part of training. The frozen VGG19 / VGGFace2 have random weights
 here (nothing is downloaded), so the losses measure little: the demo shows the machinery, not
 a trained model.

@@ -154,8 +154,7 @@ def test_flipped_frames_get_the_flipped_3d_inputs():
 
 
 def abstract_step_inputs(config):
-    tx = optim.adam(config.optim)
-    state = jax.eval_shape(lambda: init_state(config, 0, tx, tx))
+    state = jax.eval_shape(lambda: init_state(config, 0))
     batch = {k: jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32) for k in step.IMAGE_KEYS}
     batch |= {k: jax.ShapeDtypeStruct((2,), jnp.bool_) for k in step.FLAG_KEYS}
     batch |= {k: jax.ShapeDtypeStruct((2, 257), jnp.float32) for k in step.COEFF_KEYS}

@@ -20,7 +20,6 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from maskrenderer_jax.train import optim
 from maskrenderer_jax.train.state import GANState, init_state
 
 
@@ -80,20 +79,17 @@ def load_generator_variables(
 ) -> dict:
     """{'params', 'batch_stats'} of the generator side (FFD, dense motion, generator) from a
     run's checkpoint (default: the latest), on the default device, for inference."""
-    manager = ocp.CheckpointManager(checkpoint_dir(workdir))
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    if not checkpoint_dir(workdir).is_dir():
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
-    tx = optim.adam(config.optim)
-    shapes = jax.eval_shape(lambda: init_state(config, 0, tx, tx))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
+    abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        flax.serialization.to_state_dict(shapes),
+        jax.eval_shape(lambda: init_state(config, 0)),
     )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-    )
-    manager.close()
-    state = restored["state"]
-    return {"params": state["generator"], "batch_stats": state["generator_stats"]}
+    checkpoints = Checkpoints(workdir, config.checkpoint)
+    restored = checkpoints.restore(abstract, step=step)
+    checkpoints.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
+    state, _ = restored
+    return {"params": state.generator, "batch_stats": state.generator_stats}

@@ -9,6 +9,7 @@ import ml_collections
 import optax
 
 from maskrenderer_jax.models import maskrenderer as mr
+from maskrenderer_jax.train import optim
 
 
 @flax.struct.dataclass
@@ -38,13 +39,10 @@ class GANState:
         return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
-def init_state(
-    config: ml_collections.ConfigDict,
-    seed: int,
-    generator_tx: optax.GradientTransformation,
-    discriminator_tx: optax.GradientTransformation,
-) -> GANState:
-    """A fresh GANState for `config.model` (flax's initialisers, FOMM's layouts)."""
+def init_state(config: ml_collections.ConfigDict, seed: int) -> GANState:
+    """A fresh GANState for `config.model` (flax's initialisers, FOMM's layouts), with the
+    optimiser states of `optim.adam(config.optim)` (the step's, for both networks)."""
+    tx = optim.adam(config.optim)
     key_g, key_d, key_run = jax.random.split(jax.random.key(seed), 3)
     g_vars = mr.init_variables(config.model, key_g)
     d_vars = mr.init_discriminator_variables(config.model, key_d)
@@ -54,7 +52,7 @@ def init_state(
         discriminator=d_vars["params"],
         generator_stats=g_vars.get("batch_stats", {}),
         discriminator_stats=d_vars.get("batch_stats", {}),
-        generator_opt=generator_tx.init(g_vars["params"]),
-        discriminator_opt=discriminator_tx.init(d_vars["params"]),
+        generator_opt=tx.init(g_vars["params"]),
+        discriminator_opt=tx.init(d_vars["params"]),
         rng=jax.random.key_data(key_run),
     )

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from maskrenderer_jax.train import optim, sharding
+from maskrenderer_jax.train import sharding
 from maskrenderer_jax.train.frozen import load_frozen, uses_triplet
 from maskrenderer_jax.train.state import GANState, init_state
 from maskrenderer_jax.train.step import make_preview_fn, make_step_fn, step_inputs
@@ -69,8 +69,7 @@ class Trainer:
     ):
         self.config = config
         self.mesh = mesh
-        tx = optim.adam(config.optim)
-        self._init = lambda: init_state(config, config.train.seed, tx, tx)
+        self._init = lambda: init_state(config, config.train.seed)
         self.state_shapes = jax.eval_shape(self._init)
         self.state_shardings = sharding.tree_shardings(self.state_shapes, mesh, config.mesh)
         frozen = load_frozen(config, config.train.seed) if frozen is None else frozen

@@ -59,27 +59,34 @@ def step_inputs(batch: dict, config: ml_collections.ConfigDict) -> dict:
     return {k: batch[k] for k in keys}
 
 
-def _face3d(config, frozen: dict, batch: dict, driver: str) -> dict:
-    """The 3D branch's inputs for the source driven by `driver` ('driving' or 'cross')."""
-    image_size = config.model.image_size
+def _face3d(config, frozen: dict, batch: dict, drivers: tuple[str, ...]) -> dict[str, dict]:
+    """The 3D branch's inputs for the source driven by each of `drivers` ('driving',
+    'cross'): {driver: branch_inputs(...)}."""
+    frames = ("source", *drivers)
     if config.face3d.coefficients == "regressor":
-        net = recon_net.ReconNet()
-
-        def coeffs(images):
-            x = recon_net.preprocess_fomm_crop(images)
-            return net.apply(frozen["recon"], x, train=False)
-
-        # The regressor sees the (possibly flipped) frames themselves: nothing to unmirror.
-        driving = coeffs(batch["driving" if driver == "driving" else "cross_driving"])
-        return branch_inputs(frozen["face_model"], coeffs(batch["source"]), driving, image_size)
-    return branch_inputs(
-        frozen["face_model"],
-        batch["source_coeffs"],
-        batch[f"{driver}_coeffs"],
-        image_size,
-        source_flipped=batch["flipped"],
-        driving_flipped=batch["flipped" if driver == "driving" else "cross_flipped"],
-    )
+        # One ReconNet pass over every frame involved. It sees the (possibly flipped) frames
+        # themselves: nothing to unmirror.
+        images = {"source": batch["source"], "driving": batch["driving"],
+                  "cross": batch["cross_driving"]}  # fmt: skip
+        x = recon_net.preprocess_fomm_crop(jnp.concatenate([images[f] for f in frames]))
+        regressed = recon_net.ReconNet().apply(frozen["recon"], x, train=False)
+        coeffs = dict(zip(frames, jnp.split(regressed, len(frames)), strict=True))
+        flipped = dict.fromkeys(frames)
+    else:
+        coeffs = {f: batch[f"{f}_coeffs"] for f in frames}
+        flipped = {"source": batch["flipped"], "driving": batch["flipped"],
+                   "cross": batch["cross_flipped"]}  # fmt: skip
+    return {
+        d: branch_inputs(
+            frozen["face_model"],
+            coeffs["source"],
+            coeffs[d],
+            config.model.image_size,
+            source_flipped=flipped["source"],
+            driving_flipped=flipped[d],
+        )
+        for d in drivers
+    }
 
 
 def _discriminate(disc, params, stats, images, kp_value, scales):
@@ -123,8 +130,9 @@ def generator_losses(
         g_vars = {"params": g_params, "batch_stats": mutated["batch_stats"]}
         return out
 
-    inputs_3d = _face3d(config, frozen, batch, "driving") if model.uses_3d else {}
-    out = run(mr.MaskRenderer.__call__, source, driving, **inputs_3d, train=True)
+    drivers = ("driving", "cross") if triplet else ("driving",)
+    inputs_3d = _face3d(config, frozen, batch, drivers) if model.uses_3d else {}
+    out = run(mr.MaskRenderer.__call__, source, driving, **inputs_3d.get("driving", {}), train=True)
     prediction = out["prediction"]
     terms = {}
 
@@ -168,7 +176,7 @@ def generator_losses(
 
     if triplet:
         cross = batch["cross_driving"]
-        cross_3d = _face3d(config, frozen, batch, "cross") if model.uses_3d else {}
+        cross_3d = inputs_3d.get("cross", {})
 
         def cross_pass(m, source, kp_source, cross):
             kp_cross = m.detect(cross, train=True)
@@ -324,7 +332,7 @@ def make_preview_fn(config: ml_collections.ConfigDict) -> Callable[[GANState, di
     size = config.model.image_size
 
     def preview(state: GANState, batch: dict, frozen: dict) -> dict:
-        inputs_3d = _face3d(config, frozen, batch, "driving") if model.uses_3d else {}
+        inputs_3d = _face3d(config, frozen, batch, ("driving",))["driving"] if model.uses_3d else {}
         out = model.apply(
             {"params": state.generator, "batch_stats": state.generator_stats},
             batch["source"],

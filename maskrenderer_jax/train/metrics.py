@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import tensorboardX
 
+from maskrenderer_jax.inference import video
+
 # Console columns, in this order, when present.
 CONSOLE_KEYS = ("generator", "discriminator", "perceptual", "triplet")
 
@@ -35,13 +37,6 @@ def tensorboard_tag(key: str) -> str:
     if key in ("steps_per_second", "step_seconds"):
         return f"time/{key}"
     return f"loss/{key}"
-
-
-def image_grid(images: dict[str, np.ndarray]) -> np.ndarray:
-    """{name: [N, H, W, 3] float in [0, 1]} -> one uint8 [rows * H, N * W, 3] grid, a row per
-    name in the dict's order (source, driving, prediction, occlusion masks, rendered face)."""
-    rows = [np.concatenate(list(np.asarray(v, np.float32)), axis=1) for v in images.values()]
-    return (np.clip(np.concatenate(rows, axis=0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 class MetricsWriter:
@@ -104,7 +99,10 @@ class MetricsWriter:
 
     def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
         if self.enabled:
-            self._tb.add_image("samples", image_grid(images), step, dataformats="HWC")
+            # A row per name in the dict's order: source, driving, prediction, occlusion
+            # masks, rendered face.
+            grid = video.image_grid(list(images.values()))
+            self._tb.add_image("samples", grid, step, dataformats="HWC")
             self._tb.flush()
 
     def close(self) -> None:

@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint bench-inference bench-train clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-eval.txt requirements-reference.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-reference.txt
 	touch $(STAMP)
 
 # The demo job: trains configs/demo.py (the full MaskRenderer graph, 64 px) on the embedded

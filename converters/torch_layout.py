@@ -20,6 +20,8 @@ MODULE_RENAMES = (
     (re.compile(r"^(layer\d+|downsample|final_layers)_(\d+)$"), r"\1.\2"),
     # torchvision VGG19 (nets/vgg19.py): `features` is an nn.Sequential.
     (re.compile(r"^features_(\d+)$"), r"features.\1"),
+    # LPIPS heads (nets/lpips.py): `lin<k>.model.1` = nn.Sequential(Dropout, Conv2d)[1].
+    (re.compile(r"^model_1$"), "model.1"),
 )
 
 LEAF_RULES = {  # (Flax collection, Flax leaf name) -> PyTorch leaf name
@@ -30,6 +32,7 @@ LEAF_RULES = {  # (Flax collection, Flax leaf name) -> PyTorch leaf name
     ("batch_stats", "var"): "running_var",
     ("batch_stats", "u"): "weight_u",
     ("batch_stats", "v"): "weight_v",
+    ("params", "negative_slope"): "weight",  # nn.PReLU(C) of ArcFace's IResNet (nets/arcface.py)
 }
 
 # PyTorch keys that carry no value for us: BatchNorm's step counter (FOMM's momentum is fixed).

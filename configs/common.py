@@ -167,6 +167,14 @@ def training_sections(
         )
     )
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, asynchronous=True))
+    # Held-out evaluation during training (maskrenderer_jax.evaluation): the protocol's first
+    # `limit` frames of data.eval_split every `every_steps` steps and at the end (0: never),
+    # logged to TensorBoard (eval_<protocol>/<metric>) and metrics.jsonl. Backends as
+    # `python -m maskrenderer_jax.evaluate` names them ('none' leaves a family out).
+    config.eval = ml_collections.ConfigDict(
+        dict(every_steps=0, protocol="self", limit=200, landmarks="none", identity="none",
+             detector="cnn", lpips="alex")
+    )  # fmt: skip
     config.train = ml_collections.ConfigDict(
         dict(
             num_steps=-1,  # -1: num_epochs x the data set's steps per epoch

@@ -50,6 +50,20 @@ def eval_pairs(
     return np.asarray(rows, np.int64).reshape(-1, 5)
 
 
+def protocol_pairs(
+    config: ml_collections.ConfigDict, protocol: str, *, limit: int = 0, index=None
+) -> np.ndarray:
+    """The `eval_pairs` rows of a config's eval split (data.seed, data.eval.max_clips,
+    data.eval.max_frames), the first `limit` of them (0 = all)."""
+    data = sources.data_section(config)
+    index = sources.open_split(data, data.eval_split).index if index is None else index
+    pairs = eval_pairs(
+        index, protocol, seed=data.seed,
+        max_clips=data.eval.max_clips, max_frames=data.eval.max_frames,
+    )  # fmt: skip
+    return pairs[:limit] if limit > 0 else pairs
+
+
 class EvalLoader:
     """grain map: a row of `eval_pairs` (or None: padding) -> example dict."""
 
@@ -86,15 +100,12 @@ class EvalLoader:
 
 
 def eval_dataset(
-    config: ml_collections.ConfigDict, protocol: str = "self", *, mesh=None
+    config: ml_collections.ConfigDict, protocol: str = "self", *, mesh=None, limit: int = 0
 ) -> grain.MapDataset:
     """The batched MapDataset of `make_eval_iter` (len() = steps)."""
     data = sources.data_section(config)
     source = sources.open_split(data, data.eval_split)
-    pairs = eval_pairs(
-        source.index, protocol, seed=data.seed,
-        max_clips=data.eval.max_clips, max_frames=data.eval.max_frames,
-    )  # fmt: skip
+    pairs = protocol_pairs(config, protocol, limit=limit, index=source.index)
     global_batch = data.eval.batch_size
     batch = local_batch_size(global_batch, mesh)
     steps = -(-len(pairs) // global_batch)
@@ -106,13 +117,16 @@ def eval_dataset(
     return ds.map(EvalLoader(source, pairs)).batch(batch)
 
 
-def make_eval_iter(config: ml_collections.ConfigDict, protocol: str = "self", *, mesh=None):
+def make_eval_iter(
+    config: ml_collections.ConfigDict, protocol: str = "self", *, mesh=None, limit: int = 0
+):
     """A finite iterator of this process's evaluation batches (the same on every run).
 
     Args:
       config: a config with a `data` section, or the section (uses eval_split, seed,
         image_size, eval.batch_size (global), eval.max_clips, eval.max_frames).
       protocol: 'self' or 'cross' (see the module docstring).
+      limit: keep the protocol's first `limit` (source, driving) pairs (0 = all).
     Returns:
       Iterator of dicts of numpy arrays, B = eval.batch_size // process_count:
         source, driving, driving_initial: [B, H, W, 3] float32 in [0, 1];
@@ -122,4 +136,4 @@ def make_eval_iter(config: ml_collections.ConfigDict, protocol: str = "self", *,
     """
     data = sources.data_section(config)
     options = grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=data.prefetch)
-    return iter(eval_dataset(config, protocol, mesh=mesh).to_iter_dataset(options))
+    return iter(eval_dataset(config, protocol, mesh=mesh, limit=limit).to_iter_dataset(options))

@@ -11,6 +11,7 @@ writes into a temporary directory and renames it when complete, so a run killed 
 leaves the previous checkpoints intact and the incomplete one is ignored.
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -22,9 +23,37 @@ import orbax.checkpoint as ocp
 
 from maskrenderer_jax.train.state import GANState, init_state
 
+CONFIG_FILE = "config.json"  # the run's resolved config, beside checkpoints/
+
 
 def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).expanduser().resolve() / "checkpoints"
+
+
+def write_run_config(workdir: str | Path, config: ml_collections.ConfigDict) -> Path:
+    path = Path(workdir) / CONFIG_FILE
+    path.write_text(config.to_json_best_effort(indent=2) + "\n")
+    return path
+
+
+def read_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a run was trained with (its config.json; JSON lists where it had tuples)."""
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {workdir} a training run's workdir?")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a readable config ({e})") from e
+
+
+def saved_steps(workdir: str | Path) -> list[int]:
+    """The steps of a run's complete checkpoints, ascending (orbax renames a checkpoint's
+    temporary folder to its step number when it is complete)."""
+    folder = checkpoint_dir(workdir)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 class Checkpoints:

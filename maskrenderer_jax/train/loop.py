@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from data_pipeline import make_train_iter, sources
 from maskrenderer_jax.train import optim
-from maskrenderer_jax.train.checkpoint import Checkpoints
+from maskrenderer_jax.train.checkpoint import Checkpoints, write_run_config
 from maskrenderer_jax.train.metrics import MetricsWriter
 from maskrenderer_jax.train.sharding import make_mesh
 from maskrenderer_jax.train.state import GANState
@@ -71,6 +71,35 @@ def check_finite(metrics: dict[str, float], step: int, last_checkpoint: int | No
         )
 
 
+def held_out_evaluation(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> Callable[[GANState], dict[str, float]] | None:
+    """state -> the TensorBoard scalars of `config.eval`'s held-out evaluation (None when
+    eval.every_steps is 0). The evaluation is compiled once, at its first call."""
+    if not config.get("eval") or config.eval.every_steps <= 0:
+        return None
+    from maskrenderer_jax.evaluation import backends, report
+    from maskrenderer_jax.evaluation.protocol import Evaluator
+
+    settings = config.eval
+    evaluator = Evaluator(
+        config,
+        settings.protocol,
+        backends.build(config, landmarks=settings.landmarks, identity=settings.identity,
+                       detector=settings.detector, lpips_net=settings.lpips,
+                       protocol=settings.protocol),
+        mesh=mesh,
+        face_model=backends.face_model(config),
+        limit=settings.limit,
+    )  # fmt: skip
+
+    def evaluate(state: GANState) -> dict[str, float]:
+        variables = {"params": state.generator, "batch_stats": state.generator_stats}
+        return report.tensorboard_scalars(evaluator.run(variables))
+
+    return evaluate
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -92,7 +121,7 @@ def train(
     optim.resolve_schedule(config, steps_per_epoch(config))
     total = config.train.num_steps
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        write_run_config(workdir, config)
     logging.info(
         "mesh %s over %d devices, %d processes; %d steps; triplet loss from step %d",
         dict(mesh.shape), mesh.size, jax.process_count(), total, config.loss.triplet_start_step,
@@ -114,6 +143,7 @@ def train(
 
     stop = _StopRequest()
     writer = MetricsWriter(workdir, total, start)
+    evaluate = held_out_evaluation(config, mesh)
     first, means = {}, {}
     try:
         batch = next(iterator)
@@ -136,6 +166,9 @@ def train(
             if done % config.train.image_every == 0 or done == total:
                 with writer.paused():
                     writer.write_images(done, trainer.preview(state, batch))
+            if evaluate is not None and (done % config.eval.every_steps == 0 or done == total):
+                with writer.paused():
+                    writer.write_scalars(done, evaluate(state))
             if after_step is not None:
                 after_step(done, state, checkpoints)
             if stopping:

@@ -97,6 +97,18 @@ class MetricsWriter:
         self._tb.flush()
         return means
 
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """Scalars outside the loss window (the held-out evaluation) at `step`: TensorBoard
+        under their own tags, one metrics.jsonl line, one console line."""
+        if not self.enabled:
+            return
+        logging.info("step %d  %s", step, "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+        for key, value in scalars.items():
+            self._tb.add_scalar(key, value, step)
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+        self._tb.flush()
+
     def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
         if self.enabled:
             # A row per name in the dict's order: source, driving, prediction, occlusion

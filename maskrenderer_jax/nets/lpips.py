@@ -96,8 +96,11 @@ def layer_names(net: str) -> tuple[str, ...]:
     return tuple(name for name, _ in backbone(net).slices)
 
 
-def _features(x: jax.Array, spec: Backbone, dtype: Dtype, param_dtype: Dtype) -> list:
-    """The backbone's slice outputs, its convs created in the calling compact module."""
+def backbone_features(x: jax.Array, net: str, dtype: Dtype, param_dtype: Dtype) -> list:
+    """The backbone's slice outputs (`layer_names(net)`), its convs (`features_<i>`) created in
+    the calling compact module: the one definition of the ImageNet AlexNet/VGG16 features, used
+    by LPIPS and by nets/vgg16.py (the perceptual loss)."""
+    spec = backbone(net)
     outputs = []
     for _, layers in spec.slices:
         for layer in layers:
@@ -172,7 +175,7 @@ class LPIPS(nn.Module):
         x = jnp.concatenate([images0, images1], axis=0).astype(jnp.float32)  # one backbone pass
         x = (2.0 * x - 1.0 - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
         distance = jnp.zeros((batch,), jnp.float32)
-        outputs = _features(x.astype(self.dtype), spec, self.dtype, self.param_dtype)
+        outputs = backbone_features(x.astype(self.dtype), self.net, self.dtype, self.param_dtype)
         for k, features in enumerate(outputs):
             features = _unit_normalize(features.astype(jnp.float32))
             features0, features1 = features[:batch], features[batch:]

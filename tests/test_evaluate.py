@@ -144,3 +144,23 @@ def test_report_states_infinite_psnr(tmp_path):
     path = report.write_json(tmp_path / "r.json", result)
     assert json.loads(path.read_text())["metrics"]["psnr"] == math.inf
     assert report.tensorboard_scalars(result) == {"eval_self/l1": 0.0}
+
+
+def test_head_pose_fit_recovers_the_synthetic_pose(config):
+    from data_pipeline import synthetic_heads
+    from maskrenderer_jax.evaluation import head_pose, metrics
+    from maskrenderer_jax.face3d import render
+
+    model = backends.face_model(config, always=True)
+    rng = lambda *k: np.random.default_rng([0, *k])
+    coeffs = np.concatenate([
+        synthetic_heads.clip_coefficients(synthetic_heads.identity_coefficients(rng(i)), rng(i, 1), 6)
+        for i in range(3)
+    ])  # fmt: skip
+    points = np.asarray(render.render(model, coeffs, 64)["landmarks"]) - 0.5
+    points[2] = np.nan  # no face in frame 2
+    fitted = np.asarray(head_pose.fit_head_pose(model, points, 64))
+    assert np.isnan(fitted[2]).all() and np.isfinite(np.delete(fitted, 2, axis=0)).all()
+    error, skipped = metrics.aggregate("prmse", metrics.prmse(fitted, coeffs))
+    spread = np.rad2deg(coeffs[:, 224:227]).std()
+    assert skipped == 1 and error < 2.0 < spread  # degrees; the poses vary by more than that

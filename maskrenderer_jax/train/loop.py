@@ -86,7 +86,7 @@ def held_out_evaluation(
         config,
         settings.protocol,
         backends.build(config, landmarks=settings.landmarks, identity=settings.identity,
-                       detector=settings.detector, lpips_net=settings.lpips,
+                       pose=settings.pose, detector=settings.detector, lpips_net=settings.lpips,
                        protocol=settings.protocol),
         mesh=mesh,
         face_model=backends.face_model(config),

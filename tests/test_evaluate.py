@@ -164,3 +164,15 @@ def test_head_pose_fit_recovers_the_synthetic_pose(config):
     error, skipped = metrics.aggregate("prmse", metrics.prmse(fitted, coeffs))
     spread = np.rad2deg(coeffs[:, 224:227]).std()
     assert skipped == 1 and error < 2.0 < spread  # degrees; the poses vary by more than that
+
+
+def test_readme_evaluating_example_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Evaluating", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(code, namespace)
+    assert namespace["ssim"].shape == namespace["psnr"].shape == namespace["lpips"].shape == (2,)
+    assert 0 < float(namespace["lpips"][0]) < 1 and 0.5 < float(namespace["ssim"][0]) < 1

@@ -25,6 +25,7 @@ results and mean nothing.
 """
 
 import functools
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -55,23 +56,52 @@ def _nan_rows(values: np.ndarray, found: np.ndarray) -> np.ndarray:
     return values
 
 
+_MEMO: dict = {}
+MEMO_SIZE = 8192  # rows remembered per process (a source image recurs in every one of its rows)
+
+
+def _memoised(kind: str, images: np.ndarray, compute) -> np.ndarray:
+    """compute(images) -> [B, ...] row by row, computed once per distinct image (by content):
+    the protocols show each source, and each frame to several tools, many times."""
+    from maskrenderer_jax.evaluation.dlib_faces import to_uint8
+
+    keys = [(kind, hashlib.sha1(x.tobytes()).digest()) for x in to_uint8(images)]
+    todo = [i for i, k in enumerate(keys) if k not in _MEMO]
+    if todo:
+        if len(_MEMO) + len(todo) > MEMO_SIZE:
+            _MEMO.clear()
+        for i, row in zip(todo, compute(np.asarray(images)[todo]), strict=True):
+            _MEMO[keys[i]] = row
+    return np.stack([_MEMO[k] for k in keys])
+
+
+def face_boxes(detector: str, images: np.ndarray) -> np.ndarray:
+    """[B, H, W, 3] -> [B, 4] the largest face's box (x0, y0, x1, y1), NaN rows where none."""
+    return _memoised(f"box/{detector}", images, lambda x: dlib_faces(detector).detect(x)[0])
+
+
 def dlib_landmarks(detector: str, images: np.ndarray) -> np.ndarray:
     """[B, H, W, 3] in [0, 1] -> [B, 68, 2] pixels, NaN rows where dlib finds no face."""
-    points, found = dlib_faces(detector).landmarks68(images)
+    points, found = dlib_faces(detector).landmarks68(images, face_boxes(detector, images))
     return _nan_rows(points, found)
 
 
 def dlib_identity(detector: str, images: np.ndarray) -> np.ndarray:
     """[B, H, W, 3] in [0, 1] -> [B, 128] dlib descriptors, NaN rows where no face."""
-    embeddings, found = dlib_faces(detector).embedding(images)
-    return _nan_rows(embeddings, found)
+
+    def compute(x):
+        embeddings, found = dlib_faces(detector).embedding(x, face_boxes(detector, x))
+        return _nan_rows(embeddings, found)
+
+    return _memoised(f"identity/{detector}", images, compute)
 
 
 def fan_landmarks(detector: str, variables: dict, images: np.ndarray) -> np.ndarray:
     """2DFAN4 on face-alignment's crop of each dlib detection -> [B, 68, 2] frame pixels."""
     from maskrenderer_jax.nets import fan
 
-    boxes, found = dlib_faces(detector).detect(images)
+    boxes = face_boxes(detector, images)
+    found = np.isfinite(boxes[:, 0])
     out = np.full((len(images), 68, 2), np.nan, np.float32)
     rows = np.flatnonzero(found)
     if rows.size == 0:
@@ -94,7 +124,7 @@ def _aligned_arcface(variables, images, five_points):
 def arcface_identity(detector: str, variables: dict, images: np.ndarray) -> np.ndarray:
     """IResNet on insightface's 5-point crop (points from dlib's 68) -> [B, 512], NaN rows
     where dlib finds no face."""
-    points, found = dlib_faces(detector).landmarks68(images)
+    points, found = dlib_faces(detector).landmarks68(images, face_boxes(detector, images))
     five = np.stack([recon_net.five_point_landmarks(p) for p in np.nan_to_num(points)])
     embeddings = _aligned_arcface(variables, jnp.asarray(images, jnp.float32), jnp.asarray(five))
     return _nan_rows(np.asarray(embeddings), found)

@@ -5,6 +5,7 @@ import json
 import math
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -20,8 +21,11 @@ LIMIT = 16  # frames: two eval batches of the tiny config
 
 
 @pytest.fixture(scope="module")
-def config():
-    return load_config("configs/tiny.py")
+def config(tmp_path_factory):
+    """The tiny config on its own synthetic_heads set (built on first use)."""
+    config = load_config("configs/tiny.py")
+    config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +157,10 @@ def test_head_pose_fit_recovers_the_synthetic_pose(config):
 
     model = backends.face_model(config, always=True)
     rng = lambda *k: np.random.default_rng([0, *k])
-    coeffs = np.concatenate([
-        synthetic_heads.clip_coefficients(synthetic_heads.identity_coefficients(rng(i)), rng(i, 1), 6)
-        for i in range(3)
-    ])  # fmt: skip
+    identity = synthetic_heads.identity_coefficients
+    coeffs = np.concatenate(
+        [synthetic_heads.clip_coefficients(identity(rng(i)), rng(i, 1), 6) for i in range(3)]
+    )
     points = np.asarray(render.render(model, coeffs, 64)["landmarks"]) - 0.5
     points[2] = np.nan  # no face in frame 2
     fitted = np.asarray(head_pose.fit_head_pose(model, points, 64))
@@ -186,3 +190,24 @@ def test_fid_of_the_source_itself_is_zero(config):
     other = evaluator(config, "cross", "copy_driving", inception=variables).run(None)
     # Random weights give small features (and distances); the ratio is what is checked.
     assert same["metrics"]["fid"] == 0.0 < other["metrics"]["fid"]
+
+
+def test_training_logs_the_held_out_evaluation(config, tmp_path, monkeypatch):
+    """config.eval.every_steps: the evaluation of the run's generator every N steps and at
+    the end, in metrics.jsonl and TensorBoard (the training step itself is stubbed)."""
+    from maskrenderer_jax.train import loop
+    from maskrenderer_jax.train.trainer import Trainer
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.train.update(num_steps=3, image_every=100)
+    config.eval.update(every_steps=2, limit=8)
+    monkeypatch.setattr(Trainer, "compile", lambda self, batch: [])
+    monkeypatch.setattr(Trainer, "step", lambda self, state, batch, index: (
+        state.replace(step=state.step + 1), {"generator": jax.numpy.float32(1.0)}))  # fmt: skip
+    loop.train(config, tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [x for x in lines if "eval_self/l1" in x]
+    assert [x["step"] for x in evaluated] == [2, 3]
+    assert {"eval_self/lpips", "eval_self/ssim", "eval_self/masked_psnr"} <= set(evaluated[0])
+    events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").iterdir())
+    assert b"eval_self/l1" in events

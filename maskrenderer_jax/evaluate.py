@@ -33,7 +33,12 @@ import ml_collections
 
 from maskrenderer_jax.evaluation import backends as backend_lib
 from maskrenderer_jax.evaluation import report
-from maskrenderer_jax.evaluation.protocol import BASELINES, PROTOCOLS, Evaluator
+from maskrenderer_jax.evaluation.protocol import (
+    BASELINES,
+    PROTOCOLS,
+    Evaluator,
+    model_macs_per_frame,
+)
 from maskrenderer_jax.train import checkpoint
 from maskrenderer_jax.train.sharding import make_mesh
 
@@ -149,6 +154,8 @@ def evaluate(args: argparse.Namespace) -> dict:
                  evaluator.num_pairs, args.protocol, config.data.dataset)  # fmt: skip
     result = {"model": described, "step": step, "dataset": config.data.dataset,
               **evaluator.run(variables)}  # fmt: skip
+    if args.baseline is None:
+        result["metrics"]["macs"] = model_macs_per_frame(config, evaluator.face_model)
     if jax.process_index() == 0:
         report.write_json(out, result)
         table = report.markdown_table([(described, result)], args.protocol)

@@ -109,6 +109,7 @@ def test_cli_evaluates_a_run(run, config, capsys):
     assert saved["step"] == 3 and saved["frames"] == LIMIT
     assert set(saved["metrics"]) >= {"l1", "psnr", "ssim", "lpips", "masked_psnr", "masked_ssim"}
     assert saved["metrics"] == pytest.approx(result["metrics"])
+    assert 0.05e9 < saved["metrics"]["macs"] < 0.2e9  # the tiny model's per-frame program
     assert "epd, prmse" in " ".join(saved["backends"]["left_out"])
     table = out.with_suffix(".md").read_text()
     assert table.splitlines()[0].startswith("|  | frames | L1 ↓ | SSIM ↑ | PSNR ↑")
@@ -211,3 +212,12 @@ def test_training_logs_the_held_out_evaluation(config, tmp_path, monkeypatch):
     assert {"eval_self/lpips", "eval_self/ssim", "eval_self/masked_psnr"} <= set(evaluated[0])
     events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").iterdir())
     assert b"eval_self/l1" in events
+
+
+def test_macs_per_frame_of_fomm_vox256_is_fomms():
+    """FOMM's generator at 256² with the source keypoints cached: ~55 GMACs per frame (the
+    figure the one-shot reenactment literature quotes for it)."""
+    from maskrenderer_jax.evaluation.protocol import model_macs_per_frame
+
+    macs = model_macs_per_frame(load_config("configs/fomm_vox256.py"))
+    assert macs == pytest.approx(55e9, rel=0.05)

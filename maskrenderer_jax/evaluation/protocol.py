@@ -42,8 +42,8 @@ BASELINES = ("copy_source", "copy_driving")
 # The columns of the paper's tables (plus the second seed's), in order.
 TABLE_COLUMNS = {
     "self": ("akd", "aid", "l1", "epd", "ssim", "psnr", "masked_ssim", "masked_psnr", "lpips",
-             "csim", "nme", "prmse"),
-    "cross": ("isim", "ksim", "psim", "fid"),
+             "csim", "nme", "prmse", "macs"),
+    "cross": ("isim", "ksim", "psim", "fid", "macs"),
 }  # fmt: skip
 MAX_NAMED = 100  # skipped frames named per metric in the result (all are counted)
 HIGHER_IS_BETTER = {"ssim", "psnr", "masked_ssim", "masked_psnr", "csim", "isim", "ksim", "psim"}
@@ -80,6 +80,30 @@ def _local_rows(x: jax.Array) -> np.ndarray:
         return np.asarray(x)
     shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
     return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+
+def model_macs_per_frame(config: ml_collections.ConfigDict, face_model=None) -> float:
+    """MACs of generating one frame, from XLA's cost analysis of the compiled per-frame
+    program: the driver's keypoints, the 3D branch (when the model has it), dense motion and
+    the generator, with the source's keypoints computed once (as inference does)."""
+    model = mr.build_model(config.model)
+    size = config.model.image_size
+    image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    coeffs = jax.ShapeDtypeStruct((1, 257), jnp.float32)
+    variables = jax.eval_shape(lambda: mr.init_variables(config.model, jax.random.key(0)))
+    kp = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, method=mr.MaskRenderer.detect),
+                        variables, image)  # fmt: skip
+
+    def frame(variables, source, kp_source, driving, source_coeffs, driving_coeffs):
+        kp_driving = model.apply(variables, driving, train=False, method=mr.MaskRenderer.detect)
+        extra = {}
+        if model.uses_3d:
+            extra = branch_inputs(face_model, source_coeffs, driving_coeffs, size)
+        out = model.apply(variables, source, kp_source, kp_driving, **extra, train=False,
+                          method=mr.MaskRenderer.animate)  # fmt: skip
+        return out["prediction"]
+
+    return metrics.macs_per_frame(frame, variables, image, kp, image, coeffs, coeffs, frames=1)
 
 
 class Evaluator:

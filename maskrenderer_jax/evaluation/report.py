@@ -13,16 +13,18 @@ HEADINGS = {
     "akd": "AKD", "aid": "AID", "l1": "L1", "epd": "EPD", "ssim": "SSIM", "psnr": "PSNR",
     "masked_ssim": "SSIM (face)", "masked_psnr": "PSNR (face)", "lpips": "LPIPS",
     "csim": "CSIM", "nme": "NME", "prmse": "PRMSE (°)", "isim": "ISIM", "ksim": "KSIM",
-    "psim": "PSIM", "fid": "FID",
+    "psim": "PSIM", "fid": "FID", "macs": "GMACs/frame",
 }  # fmt: skip
 
 
-def format_value(value: float) -> str:
-    """4 significant decimals; PSNR of identical images is stated as ∞."""
+def format_value(value: float, column: str = "") -> str:
+    """4 decimals (2 from 100 up); MACs in G; PSNR of identical images is stated as ∞."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
+    if column == "macs":
+        return f"{value / 1e9:.2f}"
     return f"{value:.4f}" if abs(value) < 100 else f"{value:.2f}"
 
 
@@ -34,7 +36,7 @@ def markdown_table(rows: list[tuple[str, dict]], protocol: str) -> str:
     lines = ["| " + " | ".join(["", "frames", *head]) + " |"]
     lines.append("|" + "---|" * (len(columns) + 2))
     for label, result in rows:
-        cells = [format_value(result["metrics"].get(c)) for c in columns]
+        cells = [format_value(result["metrics"].get(c), c) for c in columns]
         lines.append("| " + " | ".join([label, str(result["frames"]), *cells]) + " |")
     return "\n".join(lines)
 

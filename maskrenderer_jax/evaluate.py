@@ -57,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--workdir", help="a training run's directory (config.json, checkpoints)")
     model.add_argument("--fomm-checkpoint", help="a FOMM checkpoint (.pth.tar); needs --config")
     p.add_argument("--config", help="config file[:arg] (default: the run's config.json)")
+    p.add_argument("--data-dir", help="the TFDS data_dir of the data set (default: the config's)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="self")
     p.add_argument("--step", type=int, help="the run's checkpoint step (default: the latest)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N frames (0: all)")
@@ -122,6 +123,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.workdir and not Path(args.workdir).is_dir():
         raise UsageError(f"{args.workdir}: no such run directory")
     config = load_run_config(args)
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
     variables, step, described = load_model(args, config)
     out = Path(args.out) if args.out else default_out(args, step)
     if not out.parent.is_dir() and (args.out or not args.workdir):

@@ -221,3 +221,22 @@ def test_macs_per_frame_of_fomm_vox256_is_fomms():
 
     macs = model_macs_per_frame(load_config("configs/fomm_vox256.py"))
     assert macs == pytest.approx(55e9, rel=0.05)
+
+
+def test_cli_evaluates_a_fomm_checkpoint(config, tmp_path):
+    import torch
+    import torch_utils
+
+    fomm_config = load_config("configs/tiny.py:fomm")
+    checkpoint = tmp_path / "fomm.pth.tar"
+    torch.save(torch_utils.checkpoint_of(torch_utils.random_fomm(fomm_config.model, seed=5)),
+               checkpoint)  # fmt: skip
+    out = tmp_path / "fomm.json"
+    result = evaluate_cli.main(
+        ["--fomm-checkpoint", str(checkpoint), "--config", "configs/tiny.py:fomm",
+         "--data-dir", config.data.data_dir, "--limit", "8", "--landmarks", "none",
+         "--identity", "none", "--out", str(out)]
+    )  # fmt: skip
+    assert result["model"] == f"FOMM checkpoint {checkpoint}" and result["frames"] == 8
+    assert json.loads(out.read_text())["metrics"]["l1"] == pytest.approx(result["metrics"]["l1"])
+    assert 0 < result["metrics"]["l1"] < 1 and result["metrics"]["macs"] > 0

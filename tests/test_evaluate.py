@@ -223,7 +223,7 @@ def test_macs_per_frame_of_fomm_vox256_is_fomms():
     assert macs == pytest.approx(55e9, rel=0.05)
 
 
-def test_cli_evaluates_a_fomm_checkpoint(config, tmp_path):
+def test_cli_evaluates_a_fomm_checkpoint(config, tmp_path, capsys):
     import torch
     import torch_utils
 
@@ -240,3 +240,16 @@ def test_cli_evaluates_a_fomm_checkpoint(config, tmp_path):
     assert result["model"] == f"FOMM checkpoint {checkpoint}" and result["frames"] == 8
     assert json.loads(out.read_text())["metrics"]["l1"] == pytest.approx(result["metrics"]["l1"])
     assert 0 < result["metrics"]["l1"] < 1 and result["metrics"]["macs"] > 0
+    # The same model on a data set that was never built: one line saying how to build it.
+    vox = tmp_path / "vox.py"
+    vox.write_text(
+        "from configs import tiny\n\n\ndef get_config(arg=None):\n"
+        "    config = tiny.get_config('fomm')\n    config.data.dataset = 'voxceleb'\n"
+        "    return config\n"
+    )
+    with pytest.raises(SystemExit):
+        evaluate_cli.main(["--fomm-checkpoint", str(checkpoint), "--config", str(vox),
+                           "--data-dir", str(tmp_path / "none"), "--landmarks", "none",
+                           "--identity", "none", "--out", str(tmp_path / "v.json")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "no data set at" in err and "data_pipeline.build" in err and len(err.splitlines()) == 1

@@ -134,7 +134,14 @@ class Evaluator:
         self.has_truth = config.data.dataset == "synthetic_heads" and face_model is not None
         if self.uses_3d and face_model is None:
             raise ValueError("this model uses the 3D branch: pass face_model (its 3DMM)")
-        self.clip_names = sources.open_split(config.data, config.data.eval_split).index.clips
+        split = sources.open_split(config.data, config.data.eval_split)
+        if self.uses_3d and not split.has_coeffs:
+            raise ValueError(
+                f"the model's 3D branch needs 3DMM coefficients, and data set {split.name!r} "
+                "has none: build it with `python -m data_pipeline.build ... --recon_variables "
+                "DIR` (Deep3DFace's regressor), as for training"
+            )
+        self.clip_names = split.index.clips
         self.num_pairs = len(protocol_pairs(config, protocol, limit=limit))
         batch = sharding.batch_sharding(mesh)
         self._device = jax.jit(

@@ -5,7 +5,8 @@ python -m data_pipeline.build --dataset voxceleb --manual_dir PATH --data_dir DI
 python -m data_pipeline.build --dataset synthetic_heads --data_dir DIR [--image_size 64]
 
 Two stages: every clip is decoded, checked and encoded into a staging file in parallel
-(resumable: staged clips are not redone; bad clips are skipped with a warning), optionally
+(resumable: staged clips are not redone while their source and the options that shape them
+are unchanged, see data_pipeline.staging; bad clips are skipped with a warning), optionally
 given 3DMM coefficients by Deep3DFace's regressor (--recon_variables), then the TFDS data set
 (array_record) is written from the staged clips unless it is already up to date. A report
 (clips, frames, identities per split; skipped files and why) is printed and written to
@@ -13,6 +14,7 @@ DIR/NAME/build_report.json.
 """
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 from data_pipeline import parallel, staging, synthetic_heads, tfds_writer, voxceleb
 from data_pipeline.config import synthetic_config
 from data_pipeline.report import BuildReport, SplitCounts
+from maskrenderer_jax import cli_errors
 
 DATASETS = ("voxceleb", "synthetic_heads")
 
@@ -28,7 +31,19 @@ def _stage_voxceleb(report, manual_dir, staging_dir, num_workers, **settings):
     if manual_dir is None or not Path(manual_dir).is_dir():
         raise FileNotFoundError(f"--manual_dir {manual_dir}: not a directory")
     tasks = voxceleb.list_clips(Path(manual_dir), staging_dir, report, **settings)
-    todo = [t for t in tasks if not Path(t.staged).exists()]
+    todo = []
+    for task in tasks:
+        staged = Path(task.staged)
+        if not staged.exists():
+            todo.append(task)
+            continue
+        try:
+            old = staging.staged_meta(staged)["key"]
+        except Exception as e:  # noqa: BLE001 - an unreadable staging file is made again
+            old = {"unreadable": f"{type(e).__name__}: {e}"}
+        if old != json.loads(task.key):
+            report.restage(task.path, staging.key_change(old, json.loads(task.key)))
+            todo.append(task)
     logging.info("%d clips listed, %d to stage", len(tasks), len(todo))
     failed = set()
     reasons = parallel.parallel_map(voxceleb.stage_clip, todo, num_workers)
@@ -36,6 +51,7 @@ def _stage_voxceleb(report, manual_dir, staging_dir, num_workers, **settings):
         if reason is not None:
             report.skip(task.path, reason)
             failed.add(task.staged)
+            Path(task.staged).unlink(missing_ok=True)  # a stale generation must not stay
     return {
         split: [Path(t.staged) for t in tasks if t.split == split and t.staged not in failed]
         for split in voxceleb.PARTITIONS
@@ -77,7 +93,14 @@ def build(
         if image_size:
             config.image_size = image_size
         image_size = config.image_size
-        splits = synthetic_heads.stage_synthetic(staging_dir, config, image_format=image_format)
+        splits = synthetic_heads.stage_synthetic(
+            staging_dir, config, image_format=image_format, report=report
+        )
+    report.dropped = staging.clean_staging(
+        staging_dir, {p for paths in splits.values() for p in paths}
+    )
+    for path in report.dropped:
+        logging.info("dropping %s: its source is gone", path)
 
     if recon_variables is not None:
         from data_pipeline import recon_coeffs  # JAX and the ResNet only when asked for
@@ -87,6 +110,8 @@ def build(
         )
     infos = {s: [staging.staged_info(p) for p in paths] for s, paths in splits.items()}
     has = [i["has_coeffs"] for split_infos in infos.values() for i in split_infos]
+    if dataset == "voxceleb" and recon_variables is None:
+        has = [False] * len(has)  # coefficients of an earlier build are not asked for now
     report.has_coeffs = bool(has) and all(has)
     if any(has) and not all(has):
         logging.warning(
@@ -100,6 +125,7 @@ def build(
                 identities=len({i["identity"] for i in split_infos}),
             )
     root.mkdir(parents=True, exist_ok=True)
+    report.removed_incomplete = tfds_writer.remove_incomplete(root)
     try:
         version_dir, report.assembled = tfds_writer.write_dataset(
             root.parent, name, splits,
@@ -161,4 +187,4 @@ def main(argv=None) -> BuildReport:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from data_pipeline.config import data_config
 from data_pipeline.train_iter import make_train_iter
+from maskrenderer_jax import cli_errors
 
 
 def batch_statistics(batch: dict) -> dict:
@@ -101,4 +102,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline import frames_io, naming, parallel
+from maskrenderer_jax import cli_errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,4 +191,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -6,6 +6,7 @@ alignment), so the coefficients describe the face in that frame; see recon_net's
 the camera this implies. Clips that already have coefficients are skipped (resumable).
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -43,8 +44,14 @@ def clip_coefficients(fn, frames: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def fill_staged_coeffs(paths: list[Path], variables_dir, batch_size: int = 16) -> int:
-    """Adds coefficients to each staged clip that lacks them; returns how many were filled."""
-    todo = [p for p in paths if not staging.staged_info(p)["has_coeffs"]]
+    """Adds coefficients to each staged clip that lacks them, or has them from other regressor
+    variables (their fingerprint is the clip's coeffs_key); returns how many were filled."""
+    key = json.dumps(staging.file_fingerprint(variables_dir), sort_keys=True)
+    todo = []
+    for p in paths:
+        meta = staging.staged_meta(p)
+        if not meta["has_coeffs"] or meta["coeffs_key"] not in (None, key):
+            todo.append(p)
     if not todo:
         return 0
     fn = coefficient_fn(jax.device_put(params_io.load_variables(variables_dir)))
@@ -52,6 +59,7 @@ def fill_staged_coeffs(paths: list[Path], variables_dir, batch_size: int = 16) -
         clip = staging.read_staged(path)
         frames = np.stack([frames_io.decode_image(f) for f in clip.frames])
         clip.coeffs = clip_coefficients(fn, frames, batch_size)
+        clip.coeffs_key = key
         staging.write_staged(path, clip)
         logging.info("coefficients %d/%d: %s", i + 1, len(todo), clip.clip)
     return len(todo)

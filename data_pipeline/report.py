@@ -20,6 +20,10 @@ class BuildReport:
     dataset: str
     splits: dict[str, SplitCounts] = dataclasses.field(default_factory=dict)
     skipped: list[dict] = dataclasses.field(default_factory=list)  # {'path', 'reason'}
+    # Staged clips made again because their source or a build option changed: {'path', 'reason'}
+    restaged: list[dict] = dataclasses.field(default_factory=list)
+    dropped: list[str] = dataclasses.field(default_factory=list)  # staged clips of gone sources
+    removed_incomplete: list[str] = dataclasses.field(default_factory=list)  # killed builds'
     empty_partitions: list[str] = dataclasses.field(default_factory=list)
     has_coeffs: bool = False
     dataset_dir: str = ""
@@ -30,6 +34,10 @@ class BuildReport:
         log.warning("skipping %s: %s", path, reason)
         self.skipped.append({"path": str(path), "reason": reason})
 
+    def restage(self, path: str | Path, reason: str) -> None:
+        log.info("restaging %s: %s", path, reason)
+        self.restaged.append({"path": str(path), "reason": reason})
+
     def summary(self) -> str:
         lines = [f"{self.dataset}: {self.dataset_dir}"]
         for split, c in self.splits.items():
@@ -39,6 +47,15 @@ class BuildReport:
         lines.append(f"  3DMM coefficients: {'yes' if self.has_coeffs else 'no'}")
         lines.append(f"  skipped: {len(self.skipped)} files")
         lines += [f"    {s['path']}: {s['reason']}" for s in self.skipped]
+        if self.restaged:
+            lines.append(f"  restaged: {len(self.restaged)} clips (source or options changed)")
+            lines += [f"    {s['path']}: {s['reason']}" for s in self.restaged]
+        if self.dropped:
+            lines.append(f"  dropped: {len(self.dropped)} staged clips whose source is gone")
+            lines += [f"    {p}" for p in self.dropped]
+        if self.removed_incomplete:
+            lines.append(f"  removed {len(self.removed_incomplete)} incomplete folders of an "
+                         "interrupted build")  # fmt: skip
         if self.empty_partitions:
             lines.append(f"  empty partitions: {', '.join(self.empty_partitions)}")
         return "\n".join(lines)

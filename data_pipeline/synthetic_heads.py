@@ -109,9 +109,16 @@ def clip_name(identity: int, clip: int, num_frames: int) -> str:
 
 
 def stage_synthetic(
-    staging_dir: Path, config: ml_collections.ConfigDict, *, image_format: str = "png"
+    staging_dir: Path,
+    config: ml_collections.ConfigDict,
+    *,
+    image_format: str = "png",
+    report=None,
 ) -> dict[str, list[Path]]:
-    """Renders every clip not yet staged; returns the staged files of each split."""
+    """Renders every clip not yet staged (or staged with other options: the clip is restaged
+    and `report` told why); returns the staged files of each split."""
+    options = {"image_size": config.image_size, "image_format": image_format,
+               "frames_per_clip": config.frames_per_clip}  # fmt: skip
     if config.image_size not in SIZES:
         raise ValueError(f"synthetic_heads image_size must be one of {SIZES}")
     if config.frames_per_clip < 2:
@@ -132,8 +139,13 @@ def stage_synthetic(
                     name = clip_name(i, c, config.frames_per_clip)
                     path = staging.staged_path(staging_dir, split, name)
                     staged[split].append(path)
+                    key = {"source": {"synthetic": [config.seed, i, c]}, "options": options}
                     if path.exists():
-                        continue
+                        old = staging.staged_meta(path)["key"]
+                        if old == key:
+                            continue
+                        if report is not None:
+                            report.restage(path, staging.key_change(old, key))
                     coeffs = clip_coefficients(
                         identity, np.random.default_rng([config.seed, i, c]), config.frames_per_clip
                     )
@@ -141,7 +153,9 @@ def stage_synthetic(
                     encoded = list(
                         encoders.map(lambda f: frames_io.encode_image(f, image_format), frames)
                     )
-                    clip = staging.StagedClip(name, identity_name(i), encoded, coeffs, "synthetic")
+                    clip = staging.StagedClip(
+                        name, identity_name(i), encoded, coeffs, "synthetic", key
+                    )
                     staging.write_staged(path, clip)
             logging.info("synthetic_heads %s: %d clips", split, len(staged[split]))
     return staged

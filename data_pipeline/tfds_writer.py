@@ -13,6 +13,7 @@ the data set's metadata.json and lets the pipeline sample clips without reading 
 
 import hashlib
 import json
+import logging
 import shutil
 import types
 from pathlib import Path
@@ -61,6 +62,23 @@ def staging_digest(splits: dict[str, list[Path]], settings: dict) -> str:
             st = p.stat()
             h.update(f"{split}/{p.name}/{st.st_size}/{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def remove_incomplete(dataset_root: Path) -> list[str]:
+    """Deletes TFDS's `incomplete.*` folders under data_dir/name (a build killed while
+    writing leaves one; TFDS renames it to the version folder only when complete). One build
+    at a time per data set: a concurrent one's folder would go too."""
+    removed = []
+    root = Path(dataset_root)
+    # tensorflow_datasets.core.constants.INCOMPLETE_PREFIX
+    for path in sorted(root.glob("incomplete.*")) if root.is_dir() else []:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        logging.info("removed %s, left by an interrupted build", path)
+        removed.append(str(path))
+    return removed
 
 
 def _builder_class(name: str) -> type:

@@ -3,6 +3,7 @@ of frames per clip (AliaksandrSiarohin/video-preprocessing's output), listed int
 staging tasks, each decoded, checked and re-encoded by `stage_clip` (in a worker process)."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 from data_pipeline import frames_io, naming, staging
@@ -21,6 +22,18 @@ class ClipTask:
     image_size: int
     image_format: str
     min_frames: int
+    key: str = "{}"  # JSON of the staging key (staging module docstring)
+
+
+def clip_key(path: Path, image_size: int, image_format: str, min_frames: int) -> dict:
+    """What a staged clip of `path` is made from: the source's fingerprint and the options
+    that change its frames."""
+    options = {"image_size": image_size, "image_format": image_format, "min_frames": min_frames}
+    return {"source": staging.file_fingerprint(path), "options": options}
+
+
+class NameCollisionError(ValueError):
+    """Two inputs of one split would be the same clip (X.mp4 and a frame folder X)."""
 
 
 def list_clips(
@@ -33,8 +46,9 @@ def list_clips(
     min_frames: int,
 ) -> list[ClipTask]:
     """One task per clip of each partition, sorted by (split, clip); entries whose name does
-    not parse, and missing or empty partitions, go to the report."""
-    tasks = []
+    not parse, and missing or empty partitions, go to the report. Two entries with one clip
+    name (X.mp4 and a frame folder X) raise NameCollisionError naming every such pair."""
+    tasks, collisions = [], []
     for split in PARTITIONS:
         folder = Path(manual_dir) / split
         entries = sorted(folder.iterdir()) if folder.is_dir() else []
@@ -42,6 +56,7 @@ def list_clips(
             report.empty_partitions.append(split)
             report.skip(folder, "empty or missing partition")
             continue
+        seen: dict[str, Path] = {}
         for entry in entries:
             if entry.name.startswith("."):
                 continue  # editor/OS droppings and our own temporary files
@@ -54,13 +69,23 @@ def list_clips(
             except ValueError as e:
                 report.skip(entry, str(e))
                 continue
+            if stem in seen:
+                collisions.append(f"{seen[stem]} and {entry}")
+                continue
+            seen[stem] = entry
             staged = staging.staged_path(staging_dir, split, stem)
+            key = clip_key(entry, image_size, image_format, min_frames)
             tasks.append(
                 ClipTask(
                     str(entry), split, stem, name.person_id, str(staged),
-                    image_size, image_format, min_frames,
+                    image_size, image_format, min_frames, json.dumps(key, sort_keys=True),
                 )
             )  # fmt: skip
+    if collisions:
+        raise NameCollisionError(
+            "two inputs are the same clip (a clip file and a frame folder of one name); "
+            "remove or rename one of each pair: " + "; ".join(collisions)
+        )
     return tasks
 
 
@@ -84,7 +109,9 @@ def stage_clip(task: ClipTask) -> str | None:
             encoded = [frames_io.encode_image(f, task.image_format) for f in frames]
         if len(encoded) < task.min_frames:
             raise frames_io.ClipError(f"{len(encoded)} frames, need at least {task.min_frames}")
-        clip = staging.StagedClip(task.clip, task.identity, encoded, source=task.path)
+        clip = staging.StagedClip(
+            task.clip, task.identity, encoded, source=task.path, key=json.loads(task.key)
+        )
         staging.write_staged(Path(task.staged), clip)
         return None
     except frames_io.ClipError as e:

@@ -3,6 +3,12 @@ parallel and resumable staging, the report, and each kind of bad input skipped (
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -13,6 +19,7 @@ from PIL import Image
 from data_pipeline import build, fake_data, frame_source, frames_io, staging
 
 SIZE = 64
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_all(data_dir, split, name="voxceleb"):
@@ -203,3 +210,139 @@ def test_build_cli(mp4_layout, tmp_path, capsys):
     assert "train: 6 clips, 48 frames, 3 identities" in out and "skipped: 0 files" in out
     example = read_all(tmp_path, "test", name="vox_jpeg")[0]
     assert fake_data.decode_fake(example["image"])[:3] == (3, 0, 0)
+
+
+# ------------------------------------------------------------------ generations of a build
+
+
+def write_clip(folder, identity, clip, num_frames, size):
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    for t in range(num_frames):
+        Image.fromarray(fake_data.fake_frame(identity, clip, t, size)).save(folder / f"{t:07d}.png")
+
+
+def test_a_changed_option_or_source_restages_and_a_removed_source_is_dropped(tmp_path):
+    """The issue's stale rebuilds: --image_size 64 then 128 kept the 64 px frames under a
+    128 px schema; a source clip replaced (10 -> 20 frames) kept its old 10 frames."""
+    raw = fake_data.write_fomm_layout(
+        tmp_path / "raw", identities={"train": 2}, clips_per_identity=1, num_frames=10
+    )
+    (raw / "test").mkdir()
+    data = tmp_path / "tfds"
+    first = build.build("voxceleb", data, manual_dir=raw, image_size=SIZE, num_workers=0)
+    assert first.splits["train"].frames == 20 and first.restaged == []
+
+    # A source replaced: that clip alone is staged again, with its 20 frames.
+    replaced = raw / "train" / fake_data.clip_stem(0, 0, 10)
+    write_clip(replaced, 0, 0, 20, SIZE)
+    report = build.build("voxceleb", data, manual_dir=raw, image_size=SIZE, num_workers=0)
+    assert [(r["path"], r["reason"]) for r in report.restaged] == [
+        (str(replaced), "source changed")
+    ]
+    assert report.splits["train"].frames == 30 and len(read_all(data, "train")) == 30
+
+    # A removed source: its staged clip goes, and the report says so.
+    gone = raw / "train" / fake_data.clip_stem(1, 0, 10)
+    for f in gone.iterdir():
+        f.unlink()
+    gone.rmdir()
+    report = build.build("voxceleb", data, manual_dir=raw, image_size=SIZE, num_workers=0)
+    assert [p.split("/")[-1] for p in report.dropped] == [gone.name + ".npz"]
+    assert report.splits["train"].clips == 1 and len(read_all(data, "train")) == 20
+
+    # Another image size: every clip is staged again (the 64 px one is now skipped as the wrong
+    # size), so the data set holds only the 128 px clip, never 64 px frames.
+    write_clip(raw / "train" / fake_data.clip_stem(2, 0, 4), 2, 0, 4, 128)
+    report = build.build("voxceleb", data, manual_dir=raw, image_size=128, num_workers=0)
+    assert [r["reason"] for r in report.restaged] == ["image_size 64 -> 128"]
+    reasons = {s["path"]: s["reason"] for s in report.skipped}
+    assert "64x64 frames, expected 128x128" in reasons[str(replaced)]
+    records = read_all(data, "train")
+    assert len(records) == 4 and records[0]["image"].shape == (128, 128, 3)
+    assert "restaged: 1 clips" in report.summary() and "image_size 64 -> 128" in report.summary()
+
+
+def test_a_clip_file_and_a_frame_folder_of_one_name_is_an_error_naming_both(tmp_path):
+    raw = fake_data.write_fomm_layout(tmp_path / "raw", identities={"train": 1, "test": 1})
+    stem = fake_data.clip_stem(0, 0, 8)
+    frames_io.encode_video(raw / "train" / f"{stem}.mp4", [fake_data.fake_frame(0, 0, 0, SIZE)] * 2)
+    with pytest.raises(ValueError, match="same clip") as info:
+        build.build("voxceleb", tmp_path / "tfds", manual_dir=raw, image_size=SIZE, num_workers=0)
+    assert f"train/{stem} and " in str(info.value) and f"train/{stem}.mp4" in str(info.value)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent's pid
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_workers_of_a_killed_build_exit(tmp_path):
+    """SIGKILL of the build's process: its staging workers (blocked on the task queue, whose
+    write end they hold) must not live on."""
+    script = (
+        "import time, sys\n"
+        "from data_pipeline import parallel\n"
+        "print('ready', flush=True)\n"
+        "list(parallel.parallel_map(time.sleep, [60, 60, 60, 60], 2))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    deadline = time.monotonic() + 60
+    while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) >= 2, workers
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [w for w in workers if _alive(w)]
+    for w in left:  # clean up before failing
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed parent"
+
+
+def test_a_build_killed_while_writing_leaves_no_incomplete_folder_after_the_next(tmp_path):
+    raw = fake_data.write_fomm_layout(tmp_path / "raw", identities={"train": 2, "test": 1})
+    data = tmp_path / "tfds"
+    script = (
+        "import os, signal, sys\n"
+        "from data_pipeline import build, staging\n"
+        "read, calls = staging.read_staged, []\n"
+        "def killed(path):\n"
+        "    calls.append(path)\n"
+        "    if len(calls) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return read(path)\n"
+        "staging.read_staged = killed\n"
+        f"build.build('voxceleb', {str(data)!r}, manual_dir={str(raw)!r}, image_size={SIZE},"
+        " num_workers=0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    assert list((data / "voxceleb").glob("incomplete.*")), "the kill left nothing to clean up"
+
+    report = build.build("voxceleb", data, manual_dir=raw, image_size=SIZE, num_workers=0)
+    assert not list((data / "voxceleb").glob("incomplete.*"))
+    assert len(report.removed_incomplete) == 1 and report.assembled
+    assert len(read_all(data, "train")) == 32

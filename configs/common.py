@@ -6,14 +6,32 @@ from pathlib import Path
 import ml_collections
 
 
+BOOLEANS = {"": True, "true": True, "1": True, "yes": True,
+            "false": False, "0": False, "no": False}  # fmt: skip
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """'runlocal,batch=8' -> {'runlocal': True, 'batch': 8}, typed by the defaults."""
+    """'runlocal,batch=8' -> {'runlocal': True, 'batch': 8}, typed by the defaults.
+
+    A boolean takes 'key' (True), or key=true|false|1|0|yes|no (any case); anything else is
+    an error (bool('False') would be True).
+    """
     out = ml_collections.ConfigDict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, _, value = item.partition("=")
         if key not in out:
             raise ValueError(f"unknown config arg {key!r}; known: {sorted(out)}")
-        out[key] = True if not value else type(defaults[key])(value)
+        if isinstance(defaults[key], bool):
+            if value.lower() not in BOOLEANS:
+                raise ValueError(
+                    f"config arg {key}={value!r}: expected a boolean "
+                    f"({'|'.join(k for k in BOOLEANS if k)}, or {key} alone for true)"
+                )
+            out[key] = BOOLEANS[value.lower()]
+        elif not value:
+            raise ValueError(f"config arg {key!r} needs a value ({key}=...)")
+        else:
+            out[key] = type(defaults[key])(value)
     return out
 
 

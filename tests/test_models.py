@@ -36,6 +36,23 @@ def test_every_config_builds_abstractly(path):
     assert out["kp_source"]["value"].shape == (1, config.model.num_kp, 2)
 
 
+@pytest.mark.parametrize(
+    ("arg", "fomm"), [("fomm", True), ("fomm=true", True), ("fomm=False", False), ("", False)]
+)
+def test_config_args_parse_booleans_strictly(arg, fomm):
+    config = tiny.get_config(arg)
+    assert (config.model.dense_motion.num_extra_motions == 0) == fomm  # plain FOMM: no 3D
+
+
+def test_config_args_refuse_what_they_cannot_read():
+    for arg, message in (
+        ("fomm=maybe", "expected a boolean"),
+        ("fom", "unknown config arg 'fom'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            tiny.get_config(arg)
+
+
 def test_maskrenderer_vox256_has_the_paper_structure():
     model = common.load_config(str(CONFIGS / "maskrenderer_vox256.py")).model
     variables = jax.eval_shape(lambda: mr.init_variables(model, jax.random.key(0)))

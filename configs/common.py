@@ -5,7 +5,6 @@ from pathlib import Path
 
 import ml_collections
 
-
 BOOLEANS = {"": True, "true": True, "1": True, "yes": True,
             "false": False, "0": False, "no": False}  # fmt: skip
 

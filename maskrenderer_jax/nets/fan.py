@@ -331,29 +331,13 @@ def init_random(rng: jax.Array, *, num_modules: int = 4, param_dtype: Dtype = jn
     as flax's defaults (kernels lecun_normal, biases 0, BatchNorm scale 1, bias 0, mean 0,
     var 1).
 
-    The kernels come from one truncated-normal draw sliced per layer rather than from
-    `FAN.init`: compiling (or dispatching) ~500 per-leaf random generators takes ~25 s on two
-    CPU cores, one draw ~1 s. Only for running without converted weights: call
-    `warn_random_weights` alongside.
+    Not through `FAN.init` (~500 per-leaf initialisers, ~25 s to compile on two CPU cores):
+    `random_weights.flax_default_variables`. Only for running without converted weights:
+    call `warn_random_weights` alongside.
     """
     model = FAN(num_modules=num_modules, param_dtype=param_dtype)
     abstract = jax.eval_shape(model.init, rng, jnp.zeros((1, 64, 64, 3), jnp.float32))
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    sizes = [leaf.size for path, leaf in leaves if path[-1].key == "kernel"]
-    draws = np.asarray(jax.random.truncated_normal(rng, -2.0, 2.0, (sum(sizes),), jnp.float32))
-    values, offset = [], 0
-    for path, leaf in leaves:
-        name = path[-1].key
-        if name == "kernel":
-            # variance_scaling(1, 'fan_in', 'truncated_normal'): the constant is the std of a
-            # standard normal truncated to [-2, 2].
-            std = (1.0 / np.prod(leaf.shape[:-1])) ** 0.5 / 0.87962566103423978
-            value = draws[offset : offset + leaf.size].reshape(leaf.shape) * std
-            offset += leaf.size
-        else:
-            value = np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0)
-        values.append(jnp.asarray(value, leaf.dtype))
-    return jax.tree_util.tree_unflatten(treedef, values)
+    return random_weights.flax_default_variables(abstract, rng)
 
 
 def warn_random_weights() -> str:

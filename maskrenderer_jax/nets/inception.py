@@ -20,7 +20,6 @@ initialised network and FID measures nothing comparable: callers must say so wit
 """
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -326,27 +325,10 @@ def init_random(rng: jax.Array, *, param_dtype: Dtype = jnp.float32) -> dict:
 
     Only for running without converted weights: call `warn_random_weights` alongside.
     """
-    # The 94 kernels come from one truncated-normal draw: `InceptionV3().init` runs an
-    # initialiser per layer, ~45 s to compile (or to run eagerly) on 2 CPU cores.
+    # Not `InceptionV3().init`: one initialiser per layer, ~45 s to compile on 2 CPU cores.
     x = jax.ShapeDtypeStruct((1, MIN_SIZE, MIN_SIZE, 3), jnp.float32)
     init = functools.partial(InceptionV3(param_dtype=param_dtype).init, method=InceptionV3.trunk)
-    shapes = jax.eval_shape(init, jax.random.key(0), x)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    kernels = [s.shape for path, s in leaves if path[-1].key == "kernel"]
-    noise = jax.random.truncated_normal(rng, -2.0, 2.0, (sum(map(math.prod, kernels)),))
-    noise = np.asarray(noise, np.float32)
-    values, offset = [], 0
-    for path, leaf in leaves:
-        name = path[-1].key
-        if name == "kernel":
-            size, fan_in = math.prod(leaf.shape), math.prod(leaf.shape[:-1])
-            std = np.sqrt(1.0 / fan_in) / 0.87962566103423978  # flax variance_scaling
-            value = noise[offset : offset + size].reshape(leaf.shape) * std
-            offset += size
-        else:
-            value = np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0)
-        values.append(jnp.asarray(value, leaf.dtype))
-    return jax.tree_util.tree_unflatten(treedef, values)
+    return random_weights.flax_default_variables(jax.eval_shape(init, rng, x), rng)
 
 
 def warn_random_weights() -> str:

@@ -21,6 +21,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initiali
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+_DEBUG = flags.DEFINE_bool("debug", False, "show the traceback of a user error (a bad flag, a busy "
+                           "or incompatible workdir) instead of one line")  # fmt: skip
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,12 +38,14 @@ def main(argv):
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
+    from maskrenderer_jax import cli_errors
     from maskrenderer_jax.train.loop import train
 
     logging.info("JAX %s: process %d of %d, %d local / %d devices (%s)", jax.__version__,
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].device_kind)  # fmt: skip
-    train(_CONFIG.value, _WORKDIR.value)
+    with cli_errors.reported(_DEBUG.value):
+        train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """The training run: data, mesh, state (fresh or resumed), the compiled steps, checkpoints,
 logs. `train.py` is its command line.
 
-A run resumes from the latest checkpoint in its workdir by itself. SIGTERM (preemption, a
-scheduler's stop) finishes the current step, saves, and returns. A non-finite metric stops
-the run with NonFiniteLossError naming the terms and the step, before that state is saved.
+A run resumes from the latest checkpoint in its workdir by itself (the newest one that
+restores, see train/checkpoint.py). SIGTERM (preemption, a scheduler's stop) finishes the
+current step, saves, and returns. A non-finite metric stops the run with NonFiniteLossError
+naming the terms and the step, before that state is saved. A workdir belongs to one run at a
+time (train/workdir_lock.py), and its config.json is written only once the resume is known to
+work, so a refused config never replaces the run's own.
 """
 
+import contextlib
 import logging
 import math
 import signal
@@ -18,18 +22,35 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from data_pipeline import make_train_iter, sources
+from maskrenderer_jax.cli_errors import UserError
 from maskrenderer_jax.train import optim
-from maskrenderer_jax.train.checkpoint import Checkpoints, write_run_config
+from maskrenderer_jax.train.checkpoint import Checkpoints, check_compatible, write_run_config
 from maskrenderer_jax.train.metrics import MetricsWriter
 from maskrenderer_jax.train.sharding import make_mesh
 from maskrenderer_jax.train.state import GANState
 from maskrenderer_jax.train.trainer import Trainer
+from maskrenderer_jax.train.workdir_lock import workdir_lock
 
 AfterStep = Callable[[int, GANState, Checkpoints], None]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss or gradient norm became NaN or infinite."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """UserError naming the flag of a value the run cannot use (instead of, e.g., a
+    ZeroDivisionError deep inside)."""
+    bad = []
+    for section, key in (("data", "batch_size"), ("data", "num_repeats"), ("train", "log_every"),
+                         ("train", "image_every"), ("checkpoint", "every_steps")):  # fmt: skip
+        value = config[section].get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            bad.append(f"--config.{section}.{key}={value} (must be a positive integer)")
+    if config.train.num_steps < 0:
+        bad.append(f"--config.train.num_steps={config.train.num_steps} (must be >= 0)")
+    if bad:
+        raise UserError("invalid config: " + "; ".join(bad))
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
@@ -115,13 +136,20 @@ def train(
       after_step: called as after_step(step, state, checkpoints) after each step (and its
         checkpoint decision), e.g. for custom evaluation.
     """
+    check_config(config)
     workdir = Path(workdir).expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
+    primary = jax.process_index() == 0
+    with workdir_lock(workdir) if primary else contextlib.nullcontext():
+        return _train(config, workdir, after_step)
+
+
+def _train(config, workdir: Path, after_step: AfterStep | None) -> dict[str, float]:
+    primary = jax.process_index() == 0
+    check_compatible(workdir, config)  # before anything is written or restored
     mesh = make_mesh(config.mesh)
     optim.resolve_schedule(config, steps_per_epoch(config))
     total = config.train.num_steps
-    if jax.process_index() == 0:
-        write_run_config(workdir, config)
     logging.info(
         "mesh %s over %d devices, %d processes; %d steps; triplet loss from step %d",
         dict(mesh.shape), mesh.size, jax.process_count(), total, config.loss.triplet_start_step,
@@ -130,12 +158,24 @@ def train(
     iterator = make_train_iter(config, mesh)
     trainer = Trainer(config, mesh)
     checkpoints = Checkpoints(workdir, config.checkpoint)
-    restored = checkpoints.restore(trainer.abstract_state, iterator)
+    try:
+        restored = checkpoints.restore(trainer.abstract_state, iterator)
+    except BaseException:
+        checkpoints.close()
+        raise
     if restored is None:
         state, start = trainer.init_state(), 0
     else:
         state, start = restored
         logging.info("resumed from the checkpoint at step %d", start)
+    if checkpoints.unrestorable:
+        if primary:
+            checkpoints.set_aside_unrestorable(workdir)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("unrestorable checkpoints set aside")
+            checkpoints.manager.reload()
+    if primary:  # only now: a refused resume must not replace the run's own config.json
+        write_run_config(workdir, config)
     if start >= total:
         logging.info("already trained %d of %d steps", start, total)
         checkpoints.close()

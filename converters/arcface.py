@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import cli, safe_load, torch_layout
+from maskrenderer_jax import cli_errors
 from maskrenderer_jax.nets.arcface import (
     ARCHS,
     INPUT_SIZE,
@@ -143,4 +144,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

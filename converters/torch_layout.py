@@ -137,6 +137,7 @@ def from_torch(
             mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model {entry.torch_shape}")
         elif value.dtype != np.float32:
             mismatched.append(f"{key}: dtype {value.dtype}, model float32")
+    nonfinite = non_finite(state_dict)
     for key in sorted(keys & set(derived)):
         value = np.asarray(state_dict[key])
         if value.shape != derived[key].shape or not np.allclose(value, derived[key], atol=1e-6):
@@ -144,12 +145,13 @@ def from_torch(
                 f"{key}: fixed buffer differs from the model's (shape "
                 f"{value.shape} vs {derived[key].shape}); another scale_factor?"
             )
-    if missing or unexpected or mismatched:
+    if missing or unexpected or mismatched or nonfinite:
         lines = [f"{source} does not fit the model:"]
         for title, items in (
             ("missing", missing),
             ("unexpected", unexpected),
             ("mismatched", mismatched),
+            ("with NaN or infinite values", nonfinite),
         ):
             if items:
                 lines.append(f"  {len(items)} {title}:")
@@ -167,10 +169,23 @@ def from_torch(
     return variables
 
 
+def non_finite(arrays: dict[str, np.ndarray]) -> list[str]:
+    """'key: n of m values NaN/inf' for each floating array with a non-finite value."""
+    bad = []
+    for key, value in sorted(arrays.items()):
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating):
+            count = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if count:
+                bad.append(f"{key}: {count} of {value.size} values NaN/inf")
+    return bad
+
+
 def to_torch(
     variables: dict, *, derived: dict[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
-    """Flax variables -> PyTorch state dict (numpy), derived buffers and BN counters added."""
+    """Flax variables -> PyTorch state dict (numpy), derived buffers and BN counters added.
+    Raises ConversionError naming every tensor with a NaN or infinite value."""
     out = {}
     for entry in layout(variables):
         node = variables[entry.collection]
@@ -182,6 +197,11 @@ def to_torch(
                 0, np.int64
             )
     out.update(derived or {})
+    bad = non_finite(out)
+    if bad:
+        raise ConversionError(
+            "refusing to export non-finite weights:\n" + "\n".join(f"  {b}" for b in bad)
+        )
     return out
 
 

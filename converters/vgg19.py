@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import cli, safe_load, torch_layout
+from maskrenderer_jax import cli_errors
 from maskrenderer_jax.nets.vgg19 import LAYERS, Vgg19
 
 # Present in torchvision's checkpoint, unused by a network cut after relu5_1.
@@ -99,4 +100,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -19,13 +19,12 @@ into `resnet50(include_top=False)`). The probe reads `images` [B, H, W, 3] float
 `embeddings` [B, 2048] (L2-normalised) and `features` [B, 2048] (before normalisation).
 """
 
-import pickle
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from converters import cli, safe_load, torch_layout
+from maskrenderer_jax import cli_errors
 from maskrenderer_jax.nets.vggface2 import VGGFace2, l2_normalize, preprocess
 
 # The 8631-identity classifier: not part of the embedding network.
@@ -97,12 +96,11 @@ def main(argv=None) -> None:
     cli.save_if_asked(args, variables, "VGGFace2")
     if args.export:
         state = export_weights(variables)
-        with open(args.export, "wb") as f:
-            pickle.dump(state, f, protocol=2)  # protocol 2: readable by the Python 2 original
+        cli.save_pickle(state, args.export)  # protocol 2: readable by the Python 2 original
         print(f"wrote {len(state)} arrays to {args.export}")
     if args.probe:
         cli.write_probe(args.probe_out, probe(variables, read_probe_inputs(args.probe)))
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

@@ -48,19 +48,41 @@ class Chunk:
         return naming.fomm_clip_name(self.person_id, video, self.start, self.end)
 
 
+METADATA_COLUMNS = ("video_id", "start", "end", "bbox", "fps", "width", "height", "partition")
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, list[Chunk]]:
-    """vox-metadata.csv -> the chunks of each raw video."""
+    """vox-metadata.csv -> the chunks of each raw video; ValueError naming the file, the row
+    (1-based, the header is row 1) and the column of anything that does not parse."""
     chunks = defaultdict(list)
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            bbox = tuple(int(float(v)) for v in row["bbox"].split("-"))
-            if len(bbox) != 4:
-                raise ValueError(f"{path}: bbox {row['bbox']!r} is not l-t-r-b")
+        reader = csv.DictReader(f)
+        missing = [c for c in METADATA_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(missing)}; the header has "
+                f"{reader.fieldnames} (FOMM's vox-metadata.csv has {', '.join(METADATA_COLUMNS)})"
+            )
+        for row_number, row in enumerate(reader, start=2):
+            column = "bbox"
+            try:
+                bbox = tuple(int(float(v)) for v in row["bbox"].split("-"))
+                if len(bbox) != 4:
+                    raise ValueError("not 4 numbers l-t-r-b")
+                values = {}
+                for column, parse in (("start", int), ("end", int), ("fps", float),
+                                      ("width", int), ("height", int)):  # fmt: skip
+                    values[column] = parse(row[column])
+            except (ValueError, TypeError, AttributeError) as e:
+                raise ValueError(
+                    f"{path}, row {row_number}, column {column}: {row.get(column)!r} does not "
+                    f"parse ({e})"
+                ) from None
             chunks[row["video_id"]].append(
                 Chunk(
                     person_id=row.get("person_id", ""), video_id=row["video_id"],
-                    start=int(row["start"]), end=int(row["end"]), bbox=bbox,
-                    ref_fps=float(row["fps"]), ref_size=(int(row["width"]), int(row["height"])),
+                    start=values["start"], end=values["end"], bbox=bbox,
+                    ref_fps=values["fps"], ref_size=(values["width"], values["height"]),
                     partition=row["partition"],
                 )
             )  # fmt: skip

@@ -7,12 +7,18 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from maskrenderer_jax import output_files
 
-def save_variables(directory: str | Path, tree: dict) -> Path:
-    """Writes `tree` (arrays) to `directory` (created; an existing one is an error)."""
+
+def save_variables(directory: str | Path, tree: dict, *, overwrite: bool = False) -> Path:
+    """Writes `tree` (arrays) to `directory`: written beside it, then renamed, so a failed
+    write leaves nothing half-done. An existing `directory` is an error unless `overwrite`."""
     directory = Path(directory).absolute()
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory, jax.tree.map(np.asarray, tree))
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} exists; pass --overwrite to replace it")
+    with output_files.replacing(directory) as tmp, ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp, jax.tree.map(np.asarray, tree))
+        checkpointer.wait_until_finished()
     return directory
 
 

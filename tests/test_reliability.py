@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from configs import common
+from converters import safe_load, torch_layout
+from maskrenderer_jax import cli_errors, output_files
 from maskrenderer_jax.train import checkpoint, loop, trainer
 from maskrenderer_jax.train.checkpoint import Checkpoints
 from maskrenderer_jax.train.trainer import Trainer
@@ -141,3 +143,131 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_that_restores(
 def test_a_zero_batch_size_names_the_flag(data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"--config.data.batch_size=0 \(must be a positive"):
         loop.train(tiny(data_dir, data=dict(batch_size=0)), tmp_path)
+
+
+def test_demo_outputs_reads_the_runs_config(data_dir, tmp_path, no_compile, monkeypatch):
+    from maskrenderer_jax.inference import demo_outputs
+
+    config = tiny(data_dir, train=dict(num_steps=2))
+    loop.train(config, tmp_path)
+    seen = {}
+    monkeypatch.setattr(
+        demo_outputs, "write_reenactment", lambda c, v, w, **kw: seen.update(config=c) or {}
+    )
+    demo_outputs.main(["--workdir", str(tmp_path)])  # no --config: the run's own
+    assert seen["config"].data.data_dir == str(data_dir)
+    assert checkpoint.model_differences(seen["config"], config) == []
+    with pytest.raises(checkpoint.IncompatibleConfigError, match="is not the model of"):
+        demo_outputs.main(["--workdir", str(tmp_path), "--config", str(ROOT / "configs/tiny.py")])
+
+
+# --------------------------------------------------------------------------- outputs, errors
+
+
+def run_cli(main, argv, capsys):
+    """(exit code, stderr) of a command as its __main__ runs it."""
+    with pytest.raises(SystemExit) as info:
+        cli_errors.run(main, argv)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_a_converter_never_overwrites_its_input(tmp_path, capsys):
+    from converters import fomm
+
+    checkpoint_file = tmp_path / "vox-cpk.pth.tar"
+    checkpoint_file.write_bytes(b"the user's only copy")
+    tiny_config = str(ROOT / "configs" / "tiny.py:fomm")
+    for flags in ([], ["--overwrite"]):  # --overwrite never makes an input writable
+        code, err = run_cli(fomm.main, ["--checkpoint", str(checkpoint_file), "--config",
+                                        tiny_config, "--export", str(checkpoint_file), *flags],
+                            capsys)  # fmt: skip
+        assert code == 2 and f"--export {checkpoint_file} would overwrite the input" in err
+    assert checkpoint_file.read_bytes() == b"the user's only copy"
+
+
+def test_an_existing_output_needs_overwrite_and_is_replaced_atomically(tmp_path, capsys):
+    from converters import bfm
+
+    mat = tmp_path / "bfm.mat"
+    bfm.main(["--synthetic", "--write-mat", str(mat)])
+    code, err = run_cli(bfm.main, ["--mat", str(mat), "--out", str(mat)], capsys)
+    assert code == 2 and "would overwrite the input" in err
+    out = tmp_path / "bfm.npz"
+    out.write_bytes(b"old")
+    code, err = run_cli(bfm.main, ["--mat", str(mat), "--out", str(out)], capsys)
+    assert (
+        code == 2 and f"--out {out} exists; pass --overwrite" in err and out.read_bytes() == b"old"
+    )
+    bfm.main(["--mat", str(mat), "--out", str(out), "--overwrite"])
+    assert np.load(out)["mean_shape"].ndim == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bfm.mat", "bfm.npz"]  # no temp left
+
+    # A write that fails leaves the old output whole.
+    with pytest.raises(RuntimeError), output_files.replacing(out) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert np.load(out)["mean_shape"].ndim == 2 and len(list(tmp_path.iterdir())) == 2
+
+
+def test_user_mistakes_are_a_few_lines_with_exit_2_and_a_traceback_only_with_debug(
+    tmp_path, capsys
+):
+    from converters import bfm, fomm, vgg19
+    from data_pipeline import build, preprocess
+
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    header = "video_id,start,end,bbox,fps,width,height,partition\n"
+    (tmp_path / "no_bbox.csv").write_text("video_id,start,end\nv,0,10\n")
+    (tmp_path / "bad_bbox.csv").write_text(header + "v,0,10,1-2-x-4,25,640,360,train\n")
+    raw = tmp_path / "raw" / "train"
+    raw.mkdir(parents=True)
+    cases = [
+        (vgg19.main, ["--checkpoint", str(empty), "--out", str(tmp_path / "v")],
+         f"{empty}: the file is empty (0 bytes)"),
+        (fomm.main, ["--checkpoint", str(empty), "--config", str(ROOT / "configs/tiny.py:fomm"),
+                     "--out", str(tmp_path / "f")], f"{empty}: the file is empty"),
+        (bfm.main, ["--mat", str(tmp_path / "missing.mat"), "--out", str(tmp_path / "b.npz")],
+         f"{tmp_path / 'missing.mat'}: no such file"),
+        (preprocess.main, ["--metadata", str(tmp_path / "no_bbox.csv"), "--raw_dir", str(raw),
+                           "--out_dir", str(tmp_path / "o")], "missing column(s) bbox"),
+        (preprocess.main, ["--metadata", str(tmp_path / "bad_bbox.csv"), "--raw_dir", str(raw),
+                           "--out_dir", str(tmp_path / "o")], "row 2, column bbox: '1-2-x-4'"),
+        (build.main, ["--dataset", "voxceleb", "--manual_dir", str(tmp_path / "nope"),
+                      "--data_dir", str(tmp_path / "d")], "--manual_dir"),
+    ]  # fmt: skip
+    for main, argv, expected in cases:
+        code, err = run_cli(main, argv, capsys)
+        assert code == 2 and err.startswith("error: ") and expected in err, (argv, err)
+        assert len(err.splitlines()) <= 3 and "Traceback" not in err, err
+    with pytest.raises(safe_load.UntrustedFileError, match="empty"):  # --debug: the exception
+        cli_errors.run(vgg19.main, ["--checkpoint", str(empty), "--out", "x", "--debug"])
+
+
+def test_a_command_line_reports_a_mistake_in_two_lines(tmp_path):
+    """The real entry point (python -m), and MASKRENDERER_DEBUG=1 for the traceback."""
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    argv = [sys.executable, "-m", "converters.vgg19", "--checkpoint", str(empty), "--out", "x"]
+    done = subprocess.run(argv, env=env(), capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"error: {empty}: the file is empty (0 bytes)",
+        "(rerun with --debug or MASKRENDERER_DEBUG=1 for the traceback)",
+    ]
+    done = subprocess.run(argv, env={**env(), "MASKRENDERER_DEBUG": "1"}, capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" in done.stderr
+
+
+def test_converters_refuse_non_finite_weights_naming_the_tensors():
+    abstract = {"params": {"conv": {"kernel": np.zeros((3, 3, 1, 2)), "bias": np.zeros(2)}}}
+    weight = np.ones((2, 1, 3, 3), np.float32)
+    weight[0, 0, 1, 1] = np.nan
+    state = {"conv.weight": weight, "conv.bias": np.array([1.0, np.inf], np.float32)}
+    with pytest.raises(torch_layout.ConversionError) as info:
+        torch_layout.from_torch(state, abstract, source="x.pth")
+    assert "conv.bias: 1 of 2 values NaN/inf" in str(info.value)
+    assert "conv.weight: 1 of 18 values NaN/inf" in str(info.value)
+    variables = {"params": {"conv": {"kernel": np.full((3, 3, 1, 2), np.inf), "bias": np.ones(2)}}}
+    with pytest.raises(torch_layout.ConversionError, match="conv.weight: 18 of 18"):
+        torch_layout.to_torch(variables)

@@ -139,6 +139,8 @@ def load_bfm_mat(path: str | Path, recenter: bool = True) -> MorphableModel:
     from scipy import io as sio
 
     path = Path(path)
+    if not path.is_file():  # scipy says only "Reader needs file name or open file-like object"
+        raise FileNotFoundError(f"{path}: no such file (--mat expects BFM_model_front.mat)")
     try:
         raw = sio.loadmat(path)
     except NotImplementedError as e:  # MATLAB v7.3 files are HDF5

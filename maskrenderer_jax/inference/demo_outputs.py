@@ -1,11 +1,12 @@
-"""python -m maskrenderer_jax.inference.demo_outputs --config configs/tiny.py --workdir DIR
+"""python -m maskrenderer_jax.inference.demo_outputs --workdir DIR [--config C]
 
 Writes the demo's reenactment of held-out identities (the data set's eval split) by the latest
 checkpoint in DIR: DIR/reenactment.mp4 (per frame: source | driving | output) and
 DIR/reenactment.png (rows: source, driving frames, outputs; ~8 columns over the clip). The
 first block is cross-identity (a source of one test identity driven by a clip of another),
 the second self-reenactment (the source's own clip drives it, so the output should match the
-driving row).
+driving row). The model and data set are the run's own (DIR/config.json); --config
+replaces that config (e.g. to read another data set), it must describe the same model.
 """
 
 import argparse
@@ -17,6 +18,7 @@ import numpy as np
 
 from data_pipeline import sources
 from data_pipeline.frame_source import FrameSource
+from maskrenderer_jax import cli_errors
 from maskrenderer_jax.face3d import morphable_model as mm
 from maskrenderer_jax.inference import video
 from maskrenderer_jax.inference.reenact import get_reenactor
@@ -128,18 +130,36 @@ def write_reenactment(
 def main(argv=None) -> dict[str, Path]:
     from configs.common import load_config
     from maskrenderer_jax.models.maskrenderer import build_model
-    from maskrenderer_jax.train.checkpoint import load_generator_variables
+    from maskrenderer_jax.train.checkpoint import (
+        IncompatibleConfigError,
+        load_generator_variables,
+        model_differences,
+        read_run_config,
+    )
     from maskrenderer_jax.train.frozen import morphable_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--config", required=True, help="config file[:arg], e.g. configs/tiny.py")
+    parser.add_argument(
+        "--config", help="config file[:arg] instead of the run's config.json (same model)"
+    )
     parser.add_argument("--workdir", required=True, help="training workdir (checkpoints)")
     parser.add_argument("--num_frames", type=int, default=32)
     parser.add_argument("--no_self", action="store_true", help="cross-identity only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
 
-    config = load_config(args.config)
+    if args.config is None:
+        config = read_run_config(args.workdir)
+    else:
+        config = load_config(args.config)
+        run_config = Path(args.workdir) / "config.json"
+        if run_config.is_file():
+            differences = model_differences(read_run_config(args.workdir), config)
+            if differences:
+                raise IncompatibleConfigError(
+                    f"--config {args.config} is not the model of {run_config}: "
+                    + "; ".join(differences[:8])
+                )
     variables = load_generator_variables(args.workdir, config)
     face_model = None
     if build_model(config.model).uses_3d:
@@ -158,4 +178,4 @@ def main(argv=None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors.run(main)

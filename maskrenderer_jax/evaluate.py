@@ -25,12 +25,12 @@ converted weights is left out rather than run on random weights, and the result 
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import jax
 import ml_collections
 
+from maskrenderer_jax import cli_errors
 from maskrenderer_jax.evaluation import backends as backend_lib
 from maskrenderer_jax.evaluation import report
 from maskrenderer_jax.evaluation.protocol import (
@@ -176,13 +176,8 @@ def main(argv=None) -> dict:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    try:
+    with cli_errors.reported(args.debug, hint=False):  # one line, as documented
         return evaluate(args)
-    except (UsageError, FileNotFoundError, ValueError) as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

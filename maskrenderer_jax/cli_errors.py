@@ -24,7 +24,7 @@ class UserError(ValueError):
 
 
 # What a user's mistake raises: our messages name the file/row/flag. ValueError covers the
-# project's ConversionError, UntrustedFileError and UsageError (all subclasses).
+# project's ConversionError, UntrustedFileError and UserError (all subclasses).
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
                NotADirectoryError, PermissionError)  # fmt: skip
 

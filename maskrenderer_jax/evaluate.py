@@ -43,10 +43,6 @@ from maskrenderer_jax.train import checkpoint
 from maskrenderer_jax.train.sharding import make_mesh
 
 
-class UsageError(ValueError):
-    """A user's mistake: printed as one line, exit code 2."""
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m maskrenderer_jax.evaluate",
@@ -86,7 +82,7 @@ def load_run_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
         return load_config(args.config)
     if args.fomm_checkpoint:
-        raise UsageError("--fomm-checkpoint needs --config (the FOMM model config, e.g. "
+        raise cli_errors.UserError("--fomm-checkpoint needs --config (the FOMM model config, e.g. "
                          "configs/fomm_vox256.py)")  # fmt: skip
     return checkpoint.read_run_config(args.workdir)
 
@@ -104,10 +100,14 @@ def load_model(args: argparse.Namespace, config) -> tuple[dict | None, int | Non
         return networks["model"], None, f"FOMM checkpoint {args.fomm_checkpoint}"
     steps = checkpoint.saved_steps(args.workdir)
     if not steps:
-        raise UsageError(f"{checkpoint.checkpoint_dir(args.workdir)}: no checkpoint to evaluate")
+        raise cli_errors.UserError(
+            f"{checkpoint.checkpoint_dir(args.workdir)}: no checkpoint to evaluate"
+        )
     step = steps[-1] if args.step is None else args.step
     if step not in steps:
-        raise UsageError(f"{args.workdir}: no checkpoint at step {step}; saved steps {steps}")
+        raise cli_errors.UserError(
+            f"{args.workdir}: no checkpoint at step {step}; saved steps {steps}"
+        )
     variables = checkpoint.load_generator_variables(args.workdir, config, step)
     return variables, step, f"{Path(args.workdir).resolve()} step {step}"
 
@@ -121,14 +121,14 @@ def default_out(args: argparse.Namespace, step: int | None) -> Path:
 
 def evaluate(args: argparse.Namespace) -> dict:
     if args.workdir and not Path(args.workdir).is_dir():
-        raise UsageError(f"{args.workdir}: no such run directory")
+        raise cli_errors.UserError(f"{args.workdir}: no such run directory")
     config = load_run_config(args)
     if args.data_dir:
         config.data.data_dir = args.data_dir
     variables, step, described = load_model(args, config)
     out = Path(args.out) if args.out else default_out(args, step)
     if not out.parent.is_dir() and (args.out or not args.workdir):
-        raise UsageError(f"{out.parent}: the output folder does not exist")
+        raise cli_errors.UserError(f"{out.parent}: the output folder does not exist")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     backends = backend_lib.build(

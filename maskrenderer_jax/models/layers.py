@@ -61,7 +61,12 @@ def warp(inputs: jax.Array, grid: jax.Array) -> jax.Array:
     for dx in (0, 1):
         for dy in (0, 1):
             xi, yi = x0 + dx, y0 + dy
-            weight = (1.0 - jnp.abs(x - xi)) * (1.0 - jnp.abs(y - yi))
+            # torch's corner weights, e.g. (x1 - x) for the left one: 1 - |x - xi| has the same
+            # value but a zero derivative at x = xi (sign(0) = 0), where torch's is -1: every
+            # integer sampling position would lose half its gradient w.r.t. the grid.
+            wx = x - x0 if dx else x0 + 1.0 - x
+            wy = y - y0 if dy else y0 + 1.0 - y
+            weight = wx * wy
             inside = (xi >= 0) & (xi <= width - 1) & (yi >= 0) & (yi <= height - 1)
             index = (jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)).astype(
                 jnp.int32
@@ -189,17 +194,51 @@ def conv_bn_relu(
     return nn.relu(x).astype(dtype)
 
 
-def batch_norm(train: bool, param_dtype: Dtype, name: str) -> nn.BatchNorm:
-    """torch BatchNorm2d: eps 1e-5, momentum 0.1 (flax 0.9); statistics stay float32."""
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=jnp.float32,
-        param_dtype=param_dtype,
-        use_fast_variance=False,
-        name=name,
-    )
+class BatchNorm(nn.Module):
+    """torch's BatchNorm2d (eps 1e-5, momentum 0.1) over the last axis, statistics float32.
+
+    Variables as flax's nn.BatchNorm (params scale, bias; batch_stats mean, var), so the
+    converters map them to weight, bias, running_mean, running_var. The one difference from
+    flax: in training, `var` is updated with the UNBIASED batch variance (x n / (n - 1), n the
+    values per channel), as torch does; the batch is still normalised with the biased one.
+    At FOMM's 2x2 bottleneck with a batch of 2, flax's update would be 7/8 of torch's.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.9  # flax's convention: new = momentum * old + (1 - momentum) * batch
+    epsilon: float = 1e-5
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., C] any float dtype -> float32, same shape."""
+        features = x.shape[-1]
+        shape = (features,)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, shape, self.param_dtype)
+        x = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axes)
+            var = jnp.mean(jnp.square(x - mean), axes)  # biased: what normalises the batch
+            if not self.is_initializing():
+                count = x.size // features
+                unbiased = var * (count / max(count - 1, 1))  # torch: running_var's update
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                ra_var.value = m * ra_var.value + (1 - m) * unbiased
+        mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+        return (x - mean) * mul + bias.astype(jnp.float32)
+
+
+def batch_norm(train: bool, param_dtype: Dtype, name: str) -> BatchNorm:
+    """torch BatchNorm2d in train (batch statistics, torch's running-stat updates) or
+    inference mode; statistics stay float32."""
+    return BatchNorm(use_running_average=not train, param_dtype=param_dtype, name=name)
 
 
 class SameBlock(nn.Module):

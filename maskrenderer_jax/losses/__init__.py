@@ -14,6 +14,7 @@ from maskrenderer_jax.losses.equivariance import (
     equivariance_losses,
     random_tps_transform,
     reflect_coordinates,
+    tps_transform,
 )
 from maskrenderer_jax.losses.perceptual import perceptual_loss
 from maskrenderer_jax.losses.pyramid import FOMM_SCALES, image_pyramid, pyramid_key
@@ -40,6 +41,7 @@ __all__ = [
     "pyramid_key",
     "random_tps_transform",
     "reflect_coordinates",
+    "tps_transform",
     "triplet_loss",
     "warping_loss",
 ]

@@ -8,6 +8,8 @@ r_p is the **L1** distance to control point p (FOMM sums |dx| + |dy|, not the Eu
 and c_p ~ N(0, sigma_tps) is one scalar per control point, added to both output coordinates.
 """
 
+import math
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -94,6 +96,27 @@ def reflect_coordinates(coords: jax.Array) -> jax.Array:
     return jnp.clip(folded, -1.0, 1.0)
 
 
+def tps_transform(theta: jax.Array, control_params: jax.Array | None = None) -> TPSTransform:
+    """FOMM's Transform with given parameters (what its constructor draws).
+
+    Args:
+      theta: [B, 2, 3] affine part (FOMM: I + N(0, sigma_affine)).
+      control_params: [B, P] or FOMM's [B, 1, P] with P = points_tps^2 a square (FOMM:
+        N(0, sigma_tps)); None (or P = 0) for an affine-only warp (FOMM's `tps=False`).
+    """
+    theta = jnp.asarray(theta, jnp.float32)
+    batch = theta.shape[0]
+    if control_params is None:
+        control_params = jnp.zeros((batch, 0), jnp.float32)
+    params = jnp.asarray(control_params, jnp.float32).reshape(batch, -1)
+    points_tps = math.isqrt(params.shape[1])
+    if points_tps**2 != params.shape[1]:
+        raise ValueError(f"control_params: {params.shape[1]} points is not a square grid")
+    # FOMM's make_coordinate_grid((n, n)) flattened row-major: x varies fastest.
+    points = coordinate_grid(points_tps, points_tps).reshape(-1, 2)
+    return TPSTransform(theta=theta, control_points=points, control_params=params)
+
+
 def random_tps_transform(
     rng: jax.Array,
     batch: int,
@@ -109,14 +132,10 @@ def random_tps_transform(
     k_affine, k_tps = jax.random.split(rng)
     noise = sigma_affine * jax.random.normal(k_affine, (batch, 2, 3), jnp.float32)
     theta = noise + jnp.eye(2, 3, dtype=jnp.float32)
-    if sigma_tps is None or points_tps is None:
-        points = jnp.zeros((0, 2), jnp.float32)
-        params = jnp.zeros((batch, 0), jnp.float32)
-    else:
-        # FOMM's make_coordinate_grid((n, n)) flattened row-major: x varies fastest.
-        points = coordinate_grid(points_tps, points_tps).reshape(-1, 2)
+    params = None
+    if sigma_tps is not None and points_tps is not None:
         params = sigma_tps * jax.random.normal(k_tps, (batch, points_tps**2), jnp.float32)
-    return TPSTransform(theta=theta, control_points=points, control_params=params)
+    return tps_transform(theta, params)
 
 
 def equivariance_losses(kp_driving: dict, kp_transformed: dict, transform: TPSTransform) -> dict:

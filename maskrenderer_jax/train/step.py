@@ -33,6 +33,9 @@ from maskrenderer_jax.train.state import GANState
 IMAGE_KEYS = ("source", "driving", "cross_driving")
 FLAG_KEYS = ("flipped", "cross_flipped")
 COEFF_KEYS = ("source_coeffs", "driving_coeffs", "cross_coeffs")
+# A batch may carry the equivariance warp FOMM's `Transform` draws (theta [B, 2, 3],
+# control_params [B, 1, points_tps^2]); without them the step draws its own.
+TRANSFORM_KEYS = ("theta", "control_params")
 # The eq. (11) split: alpha * L_T + beta * (every other generator term).
 TRIPLET = "triplet"
 GENERATOR_TERMS = (
@@ -48,7 +51,7 @@ GENERATOR_TERMS = (
 
 def step_inputs(batch: dict, config: ml_collections.ConfigDict) -> dict:
     """The subset of a pipeline batch that `make_step_fn`'s step reads."""
-    keys = IMAGE_KEYS + FLAG_KEYS
+    keys = IMAGE_KEYS + FLAG_KEYS + tuple(k for k in TRANSFORM_KEYS if k in batch)
     if mr.build_model(config.model).uses_3d and config.face3d.coefficients == "batch":
         missing = [k for k in COEFF_KEYS if k not in batch]
         if missing:
@@ -108,6 +111,20 @@ def perceptual_features(frozen: dict, dtype) -> Callable:
     return functools.partial(nets[name](dtype=dtype).apply, frozen[name])
 
 
+def equivariance_transform(
+    config: ml_collections.ConfigDict, batch: dict, rng: jax.Array
+) -> losses.TPSTransform | None:
+    """The equivariance terms' random warp: the batch's `TRANSFORM_KEYS` when it carries them
+    (a probe or a comparison feeding FOMM's draws), else drawn from `rng` as FOMM's Transform
+    draws; None when the config has no equivariance term."""
+    loss = config.loss
+    if not (loss.equivariance_value or loss.equivariance_jacobian):
+        return None
+    if "theta" in batch:
+        return losses.tps_transform(batch["theta"], batch.get("control_params"))
+    return losses.random_tps_transform(rng, batch["driving"].shape[0], **loss.transform)
+
+
 def generator_losses(
     config: ml_collections.ConfigDict,
     *,
@@ -118,9 +135,11 @@ def generator_losses(
     d_stats,
     batch: dict,
     frozen: dict,
-    rng: jax.Array,
+    transform: losses.TPSTransform | None,
 ) -> tuple[dict, dict]:
     """Every generator term (weighted within itself as FOMM; eq. (11)'s alpha/beta not yet).
+
+    `transform`: the equivariance warp (`equivariance_transform`), None without those terms.
 
     Returns:
       (terms {name: scalar float32}, aux {'g_stats', 'd_stats', 'prediction', 'kp_driving'}).
@@ -162,8 +181,7 @@ def generator_losses(
                 maps_real, maps_fake, loss.feature_matching
             )
 
-    if loss.equivariance_value or loss.equivariance_jacobian:
-        transform = losses.random_tps_transform(rng, source.shape[0], **loss.transform)
+    if transform is not None:
         kp_t = run(mr.MaskRenderer.detect, transform.transform_frame(driving), train=True)
         eq = losses.equivariance_losses(out["kp_driving"], kp_t, transform)
         if loss.equivariance_value:
@@ -227,6 +245,31 @@ def total_generator_loss(terms: dict, loss: ml_collections.ConfigDict) -> jax.Ar
     return total
 
 
+def generator_gradients(
+    config: ml_collections.ConfigDict,
+    *,
+    triplet: bool,
+    g_params,
+    g_stats,
+    d_params,
+    d_stats,
+    batch: dict,
+    frozen: dict,
+    transform: losses.TPSTransform | None,
+):
+    """The generator side's objective (eq. (11)) and its gradient w.r.t. `g_params`, BatchNorm
+    in train mode: ((total, (terms, aux)), grads), `generator_losses`' terms and aux."""
+
+    def objective(g_params):
+        terms, aux = generator_losses(
+            config, triplet=triplet, g_params=g_params, g_stats=g_stats, d_params=d_params,
+            d_stats=d_stats, batch=batch, frozen=frozen, transform=transform,
+        )  # fmt: skip
+        return total_generator_loss(terms, config.loss), (terms, aux)
+
+    return jax.value_and_grad(objective, has_aux=True)(g_params)
+
+
 def discriminator_loss(config, d_params, d_stats, driving, prediction, kp_driving):
     """Eq. (12), FOMM's DiscriminatorFullModel: LSGAN on the real driving frame and the
     stop-gradient prediction. Returns (loss, new spectral-norm stats)."""
@@ -274,24 +317,16 @@ def make_step_fn(
     schedule = optim.learning_rate(config.optim)
 
     def step(state: GANState, batch: dict, frozen: dict):
-        rng = state.step_key()
-
-        def g_objective(g_params):
-            terms, aux = generator_losses(
-                config,
-                triplet=triplet,
-                g_params=g_params,
-                g_stats=state.generator_stats,
-                d_params=state.discriminator,
-                d_stats=state.discriminator_stats,
-                batch=batch,
-                frozen=frozen,
-                rng=rng,
-            )
-            return total_generator_loss(terms, config.loss), (terms, aux)
-
-        (g_total, (terms, aux)), g_grads = jax.value_and_grad(g_objective, has_aux=True)(
-            state.generator
+        (g_total, (terms, aux)), g_grads = generator_gradients(
+            config,
+            triplet=triplet,
+            g_params=state.generator,
+            g_stats=state.generator_stats,
+            d_params=state.discriminator,
+            d_stats=state.discriminator_stats,
+            batch=batch,
+            frozen=frozen,
+            transform=equivariance_transform(config, batch, state.step_key()),
         )
 
         g_updates, g_opt = generator_tx.update(g_grads, state.generator_opt, state.generator)

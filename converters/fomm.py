@@ -6,13 +6,15 @@ Export:  python -m converters.fomm --variables DIR --config configs/fomm_vox256.
              --export fomm-layout.pth.tar
 Probe:   python -m converters.fomm --checkpoint X --config C --probe inputs.npz \
              --probe-out out.npz
+Step:    python -m converters.fomm --checkpoint X --config C --vgg19 VGG19_VARIABLES \
+             --probe-step batch.npz --probe-out out.npz   (converters/fomm_step.py)
 """
 
 import jax
 import numpy as np
 
 from configs import common
-from converters import cli, safe_load, torch_layout
+from converters import cli, fomm_step, safe_load, torch_layout
 from maskrenderer_jax import cli_errors
 from maskrenderer_jax.models import layers
 from maskrenderer_jax.models import maskrenderer as mr
@@ -139,8 +141,23 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--config", required=True, help="model config file[:arg], e.g. configs/fomm_vox256.py"
     )
+    parser.add_argument(
+        "--probe-step",
+        help="npz with source, driving [B, H, W, 3] in [0, 1], theta [B, 2, 3], control_params "
+        "[B, 1, points_tps^2]: one training step's losses, gradients and BatchNorm statistics "
+        "to --probe-out (converters/fomm_step.py)",
+    )
+    parser.add_argument("--vgg19", help="VGG19 variables (converters.vgg19 --out) for --probe-step")
     args = cli.parse(parser, argv)
-    model_config = common.load_config(args.config).model
+    if args.probe_step and not (args.probe_out and args.vgg19):
+        parser.error("--probe-step needs --probe-out and --vgg19")
+    if args.probe_step and args.probe:
+        parser.error("--probe and --probe-step both write --probe-out: give one")
+    config = common.load_config(args.config)
+    model_config = config.model
+    if args.probe_step:  # the user's inputs are checked before the checkpoint is read
+        step_batch = fomm_step.read_batch(args.probe_step, config)
+        vgg19_variables = fomm_step.load_vgg19(args.vgg19)
     networks = cli.load_or_import(
         args,
         "checkpoint",
@@ -155,6 +172,9 @@ def main(argv=None) -> None:
     if args.probe:
         source, driving = read_probe_inputs(args.probe)
         cli.write_probe(args.probe_out, probe(model_config, networks["model"], source, driving))
+    if args.probe_step:
+        result = fomm_step.probe_step(config, networks, vgg19_variables, step_batch)
+        cli.write_probe(args.probe_out, result)
 
 
 if __name__ == "__main__":

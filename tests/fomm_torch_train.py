@@ -6,6 +6,7 @@ As FOMM, the discriminator (the GAN and feature-matching terms, and its own upda
 when `generator_gan != 0`; vox-256 (weight 0) trains without it.
 """
 
+import numpy as np
 import torch
 import vgg_torch
 from losses_torch import (
@@ -20,7 +21,10 @@ from losses_torch import (
 
 
 class FommTrainStep:
-    """`step(source, driving)` = one training step on NCHW batches; returns the loss values.
+    """`step(source, driving)` = one training step on NCHW batches; returns the loss values
+    under FOMM's names (perceptual, gen_gan, feature_matching, equivariance_value,
+    equivariance_jacobian, disc_gan). `probe` = one step's losses, gradients and BatchNorm
+    statistics without the updates.
 
     nets: (kp_detector, generator, discriminator) from fomm_torch.build_fomm (put in train
     mode here); loss / optim: a config's `loss` and `optim` sections (attribute access).
@@ -56,8 +60,9 @@ class FommTrainStep:
         control = torch.randn((batch, 1, t.points_tps**2), generator=self.rng) * t.sigma_tps
         return Transform(theta, control, t.points_tps)
 
-    def generator_losses(self, source, driving) -> tuple[dict, dict]:
-        """GeneratorFullModel.forward: (weighted loss terms, generated)."""
+    def generator_losses(self, source, driving, transform=None) -> tuple[dict, dict]:
+        """GeneratorFullModel.forward: (weighted loss terms, generated). `transform`: the
+        equivariance warp, drawn as FOMM's Transform draws it when None."""
         loss, terms = self.loss, {}
         kp_source, kp_driving = self.kp_detector(source), self.kp_detector(driving)
         generated = self.generator(source, kp_source=kp_source, kp_driving=kp_driving)
@@ -77,22 +82,34 @@ class FommTrainStep:
             maps_fake = self._discriminate(prediction, kp_driving)
             maps_real = self._discriminate(driving, kp_driving)
             gan = generator_gan_loss(maps_fake, self.disc_scales)
-            terms["generator_gan"] = loss.generator_gan * gan
+            terms["gen_gan"] = loss.generator_gan * gan
             if any(loss.feature_matching):
                 terms["feature_matching"] = feature_matching_loss(
                     maps_real, maps_fake, self.disc_scales, loss.feature_matching
                 )
         if loss.equivariance_value or loss.equivariance_jacobian:
-            transform = self.random_transform(driving.shape[0])
+            transform = transform or self.random_transform(driving.shape[0])
             transformed_kp = self.kp_detector(transform.transform_frame(driving))
             value, jacobian = equivariance_losses(kp_driving, transformed_kp, transform)
-            terms["equivariance_value"] = loss.equivariance_value * value
-            terms["equivariance_jacobian"] = loss.equivariance_jacobian * jacobian
+            if loss.equivariance_value:  # FOMM reports only the terms it weighs
+                terms["equivariance_value"] = loss.equivariance_value * value
+            if loss.equivariance_jacobian:
+                terms["equivariance_jacobian"] = loss.equivariance_jacobian * jacobian
         return terms, generated
 
-    def step(self, source: torch.Tensor, driving: torch.Tensor) -> dict[str, float]:
+    def _discriminator_loss(self, driving, generated):
+        """DiscriminatorFullModel.forward: the weighted disc_gan term."""
+        maps_fake = self._discriminate(generated["prediction"].detach(), generated["kp_driving"])
+        maps_real = self._discriminate(driving, generated["kp_driving"])
+        return self.loss.discriminator_gan * discriminator_gan_loss(
+            maps_real, maps_fake, self.disc_scales
+        )
+
+    def step(
+        self, source: torch.Tensor, driving: torch.Tensor, transform: Transform | None = None
+    ) -> dict[str, float]:
         """train.py's loop body: generator + kp detector update, then the discriminator's."""
-        terms, generated = self.generator_losses(source, driving)
+        terms, generated = self.generator_losses(source, driving, transform)
         sum(terms.values()).backward()
         self.opt_gen.step()
         self.opt_gen.zero_grad()
@@ -103,12 +120,30 @@ class FommTrainStep:
             return values
 
         self.opt_disc.zero_grad()  # drops the feature-matching gradients, as FOMM
-        maps_fake = self._discriminate(generated["prediction"].detach(), generated["kp_driving"])
-        maps_real = self._discriminate(driving, generated["kp_driving"])
-        disc = self.loss.discriminator_gan * discriminator_gan_loss(
-            maps_real, maps_fake, self.disc_scales
-        )
+        disc = self._discriminator_loss(driving, generated)
         disc.backward()
         self.opt_disc.step()
         self.opt_disc.zero_grad()
-        return {**values, "discriminator": disc.item()}
+        return {**values, "disc_gan": disc.item()}
+
+    def probe(self, source, driving, transform: Transform) -> dict[str, np.ndarray]:
+        """One step's forward and generator backward, no update, as converters/fomm_step.py
+        writes it: loss/<name>, grad/{kp_detector,generator}/<key> (of the sum of the
+        generator's terms), state/{kp_detector,generator}/<key> (BatchNorm running_mean and
+        running_var after the forward). The networks' gradients are left set."""
+        for net in (self.kp_detector, self.generator):
+            net.zero_grad()
+        terms, generated = self.generator_losses(source, driving, transform)
+        sum(terms.values()).backward()
+        out = {f"loss/{k}": v.detach().numpy() for k, v in terms.items()}
+        if self.loss.generator_gan:
+            with torch.no_grad():
+                out["loss/disc_gan"] = self._discriminator_loss(driving, generated).numpy()
+        for name, net in (("kp_detector", self.kp_detector), ("generator", self.generator)):
+            for key, param in net.named_parameters():
+                grad = param.grad if param.grad is not None else torch.zeros_like(param)
+                out[f"grad/{name}/{key}"] = grad.numpy().copy()
+            for key, buffer in net.state_dict().items():
+                if key.endswith(("running_mean", "running_var")):
+                    out[f"state/{name}/{key}"] = buffer.numpy().copy()
+        return out

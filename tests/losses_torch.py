@@ -32,11 +32,12 @@ class Transform:
         self.bs = theta.shape[0]
         self.tps = control_params is not None
         if self.tps:
-            self.control_points = make_coordinate_grid((points_tps, points_tps)).unsqueeze(0)
+            grid = make_coordinate_grid((points_tps, points_tps), dtype=theta.dtype)
+            self.control_points = grid.unsqueeze(0)
             self.control_params = control_params
 
     def transform_frame(self, frame):
-        grid = make_coordinate_grid(frame.shape[2:]).unsqueeze(0)
+        grid = make_coordinate_grid(frame.shape[2:], dtype=frame.dtype).unsqueeze(0)
         grid = grid.view(1, frame.shape[2] * frame.shape[3], 2)
         grid = self.warp_coordinates(grid).view(self.bs, frame.shape[2], frame.shape[3], 2)
         return F.grid_sample(frame, grid, padding_mode="reflection", align_corners=True)

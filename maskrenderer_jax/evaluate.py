@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from maskrenderer_jax import cli_errors
+from maskrenderer_jax import cli_errors, output_files
 from maskrenderer_jax.evaluation import backends as backend_lib
 from maskrenderer_jax.evaluation import report
 from maskrenderer_jax.evaluation.protocol import (
@@ -72,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-variables", help="converters.inception output (FID)")
     p.add_argument("--recon-variables", help="converters.deep3dface output (EPD, PSIM, PRMSE)")
     p.add_argument("--out", help="result JSON (default: RUN/eval/<protocol>...json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing result file")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
@@ -129,6 +130,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else default_out(args, step)
     if not out.parent.is_dir() and (args.out or not args.workdir):
         raise cli_errors.UserError(f"{out.parent}: the output folder does not exist")
+    output_files.check_outputs({"--out": out}, [], overwrite=args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     backends = backend_lib.build(

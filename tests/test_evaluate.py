@@ -123,6 +123,7 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
         (["--workdir", str(run), "--step", "7"], "no checkpoint at step 7; saved steps [3]"),
         (["--fomm-checkpoint", str(tmp_path / "x.pth")], "needs --config"),
         (["--workdir", str(run), "--out", str(tmp_path / "a" / "b.json")], "does not exist"),
+        (["--workdir", str(run), "--out", str(run / "config.json")], "pass --overwrite"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             evaluate_cli.main([*argv, "--landmarks", "none", "--identity", "none"])

@@ -1,6 +1,6 @@
 """FOMM trained by us and by PyTorch from the same start: the same learning curve?
 
-python -m benchmarks.learning_curves [--steps 300] [--batch 4] [--write]
+python -m benchmarks.learning_curves [--steps 200] [--batch 2] [--write]
 
 FOMM at the tiny size (configs/tiny.py:fomm) trained twice from one initialisation: by our
 compiled step (maskrenderer_jax.train.step, converted to torch for the other run) and by FOMM's
@@ -163,8 +163,8 @@ def plot(curves, path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learning_curves",
                                      description=__doc__)  # fmt: skip
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: the config's)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_pipeline import frames_io, naming
+from data_pipeline import naming
+from maskrenderer_jax import media
 
 
 def fake_frame(identity: int, clip: int, frame: int, size: int) -> np.ndarray:
@@ -61,7 +62,7 @@ def write_fomm_layout(
                 frames = [fake_frame(i, c, t, size) for t in range(num_frames)]
                 stem = clip_stem(i, c, num_frames)
                 if video_format == "mp4":
-                    frames_io.encode_video(root / split / f"{stem}.mp4", frames)
+                    media.encode_video(root / split / f"{stem}.mp4", frames)
                 else:
                     folder = root / split / stem
                     folder.mkdir(exist_ok=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipeline import frames_io, tfds_writer
+from data_pipeline import tfds_writer
+from maskrenderer_jax import media
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,7 @@ class FrameSource:
 
     def _decode(self, example: dict) -> dict:
         example = dict(example)
-        example["image"] = frames_io.decode_image(example["image"], self.image_size)
+        example["image"] = media.decode_image(example["image"], self.image_size)
         return example
 
     def record(self, clip: int, frame: int) -> int:

@@ -8,14 +8,12 @@ one, --dataset/--data_dir (and the other flags) make the section with data_confi
 """
 
 import argparse
-import sys
 
 import numpy as np
-from PIL import Image
 
 from data_pipeline.config import data_config
 from data_pipeline.train_iter import make_train_iter
-from maskrenderer_jax import cli_errors
+from maskrenderer_jax import cli_errors, media
 
 
 def batch_statistics(batch: dict) -> dict:
@@ -44,14 +42,12 @@ def batch_statistics(batch: dict) -> dict:
 def grid(batch: dict, rows: int = 8) -> np.ndarray:
     """[rows * H, 3 * W, 3] uint8: one example per row, source | driving | cross driver."""
     rows = min(rows, len(batch["source"]))
-    columns = [batch[k][:rows] for k in ("source", "driving", "cross_driving")]
-    image = np.concatenate([np.concatenate(list(c), axis=0) for c in columns], axis=1)
-    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    columns = ("source", "driving", "cross_driving")
+    return media.image_grid([np.stack([batch[k][i] for k in columns]) for i in range(rows)])
 
 
 def load_data_section(args):
     if args.config:
-        sys.path.insert(0, ".")  # configs/ is a top-level package of the repo
         from configs import common
 
         config = common.load_config(args.config)
@@ -89,7 +85,7 @@ def main(argv=None) -> list[dict]:
         for i in range(args.num_batches):
             batch = next(iterator)
             if i == 0:
-                Image.fromarray(grid(batch)).save(args.out)
+                media.write_png(args.out, grid(batch))
             stats = batch_statistics(batch)
             all_stats.append(stats)
             print(f"batch {i}:")

@@ -26,8 +26,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from data_pipeline import frames_io, naming, parallel
-from maskrenderer_jax import cli_errors
+from data_pipeline import naming, parallel
+from maskrenderer_jax import cli_errors, media
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,7 @@ def crop_video(task: VideoTask) -> list[tuple[str, str | None]]:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         if task.video_format == "mp4":
-            frames_io.encode_video(path, frames[chunk], fps=round(chunk.ref_fps))
+            media.encode_video(path, frames[chunk], fps=round(chunk.ref_fps))
         else:
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
             tmp.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipeline import frames_io, staging
-from maskrenderer_jax import params_io
+from data_pipeline import staging
+from maskrenderer_jax import media, params_io
 from maskrenderer_jax.face3d import recon_net
 
 
@@ -57,7 +57,7 @@ def fill_staged_coeffs(paths: list[Path], variables_dir, batch_size: int = 16) -
     fn = coefficient_fn(jax.device_put(params_io.load_variables(variables_dir)))
     for i, path in enumerate(todo):
         clip = staging.read_staged(path)
-        frames = np.stack([frames_io.decode_image(f) for f in clip.frames])
+        frames = np.stack([media.decode_image(f) for f in clip.frames])
         clip.coeffs = clip_coefficients(fn, frames, batch_size)
         clip.coeffs_key = key
         staging.write_staged(path, clip)

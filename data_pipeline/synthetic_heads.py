@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from data_pipeline import frames_io, naming, staging
+from data_pipeline import naming, staging
+from maskrenderer_jax import media
 from maskrenderer_jax.face3d import morphable_model as mm
 from maskrenderer_jax.face3d import render, synthetic_bfm
 
@@ -151,7 +152,7 @@ def stage_synthetic(
                     )
                     frames = np.asarray(composite_frames(model, coeffs, bg, config.image_size))
                     encoded = list(
-                        encoders.map(lambda f: frames_io.encode_image(f, image_format), frames)
+                        encoders.map(lambda f: media.encode_image(f, image_format), frames)
                     )
                     clip = staging.StagedClip(
                         name, identity_name(i), encoded, coeffs, "synthetic", key

@@ -6,8 +6,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from data_pipeline import frames_io, naming, staging
+from data_pipeline import naming, staging
 from data_pipeline.report import BuildReport
+from maskrenderer_jax import media
 
 PARTITIONS = ("train", "test")
 
@@ -95,26 +96,26 @@ def stage_clip(task: ClipTask) -> str | None:
     try:
         path = Path(task.path)
         if path.is_dir():
-            files = frames_io.frame_files(path)
+            files = media.frame_files(path)
             # PNG frames that pass the checks are stored as they are (no re-encoding).
-            checked = [frames_io.read_frame_file(f, task.image_size) for f in files]
+            checked = [media.read_frame_file(f, task.image_size) for f in files]
             if task.image_format == "png" and all(f.suffix == ".png" for f in files):
                 encoded = [data for _, data in checked]
             else:
-                encoded = [frames_io.encode_image(a, task.image_format) for a, _ in checked]
+                encoded = [media.encode_image(a, task.image_format) for a, _ in checked]
         else:
-            frames = frames_io.decode_video(path)
+            frames = media.decode_video(path)
             for i, frame in enumerate(frames):
-                frames_io.check_frame_size(frame, task.image_size, f"frame {i}")
-            encoded = [frames_io.encode_image(f, task.image_format) for f in frames]
+                media.check_frame_size(frame, task.image_size, f"frame {i}")
+            encoded = [media.encode_image(f, task.image_format) for f in frames]
         if len(encoded) < task.min_frames:
-            raise frames_io.ClipError(f"{len(encoded)} frames, need at least {task.min_frames}")
+            raise media.ClipError(f"{len(encoded)} frames, need at least {task.min_frames}")
         clip = staging.StagedClip(
             task.clip, task.identity, encoded, source=task.path, key=json.loads(task.key)
         )
         staging.write_staged(Path(task.staged), clip)
         return None
-    except frames_io.ClipError as e:
+    except media.ClipError as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - a decoder bug on one file must not stop the rest
         return f"unexpected {type(e).__name__}: {e}"

@@ -16,7 +16,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipeline import build, fake_data, frame_source, frames_io, staging
+from data_pipeline import build, fake_data, frame_source, staging
+from maskrenderer_jax import media
 
 SIZE = 64
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +83,8 @@ def test_parallel_build_equals_serial_and_resumes(mp4_layout, tmp_path, monkeypa
     staged = sorted((tmp_path / "a" / "voxceleb" / "staging" / "train").glob("*.npz"))
     staged[2].unlink()
     decoded = []
-    original = frames_io.decode_video
-    monkeypatch.setattr(frames_io, "decode_video", lambda p: decoded.append(p) or original(p))
+    original = media.decode_video
+    monkeypatch.setattr(media, "decode_video", lambda p: decoded.append(p) or original(p))
     report = build.build(
         "voxceleb", tmp_path / "a", manual_dir=mp4_layout, image_size=SIZE, num_workers=0
     )
@@ -135,7 +136,7 @@ def test_bad_inputs_are_skipped_with_a_warning_and_reported(tmp_path, caplog):
     (train / "id09001#corrupt#000000#000008.mp4").write_bytes(b"\x00\x01 not a video" * 100)
     (train / "id09002#trunc#000000#000008.mp4").write_bytes(good[: len(good) // 2])
     (train / "id09003#empty#000000#000008.mp4").write_bytes(b"")
-    frames_io.encode_video(
+    media.encode_video(
         train / "id09004#big#000000#000008.mp4", [np.zeros((80, 96, 3), np.uint8)] * 3
     )
     gray = Image.fromarray(np.full((SIZE, SIZE), 99, np.uint8))
@@ -267,7 +268,7 @@ def test_a_changed_option_or_source_restages_and_a_removed_source_is_dropped(tmp
 def test_a_clip_file_and_a_frame_folder_of_one_name_is_an_error_naming_both(tmp_path):
     raw = fake_data.write_fomm_layout(tmp_path / "raw", identities={"train": 1, "test": 1})
     stem = fake_data.clip_stem(0, 0, 8)
-    frames_io.encode_video(raw / "train" / f"{stem}.mp4", [fake_data.fake_frame(0, 0, 0, SIZE)] * 2)
+    media.encode_video(raw / "train" / f"{stem}.mp4", [fake_data.fake_frame(0, 0, 0, SIZE)] * 2)
     with pytest.raises(ValueError, match="same clip") as info:
         build.build("voxceleb", tmp_path / "tfds", manual_dir=raw, image_size=SIZE, num_workers=0)
     assert f"train/{stem} and " in str(info.value) and f"train/{stem}.mp4" in str(info.value)

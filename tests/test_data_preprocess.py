@@ -4,7 +4,8 @@ layout (through PyAV), on raw videos made in the test."""
 import numpy as np
 import pytest
 
-from data_pipeline import frames_io, preprocess
+from data_pipeline import preprocess
+from maskrenderer_jax import media
 
 HEADER = "video_id,start,end,bbox,fps,width,height,partition,person_id\n"
 
@@ -18,7 +19,7 @@ def raw_frame(t, width=160, height=120):
 
 @pytest.fixture
 def raw(tmp_path):
-    frames_io.encode_video(tmp_path / "vidA.mp4", [raw_frame(t) for t in range(12)], fps=25)
+    media.encode_video(tmp_path / "vidA.mp4", [raw_frame(t) for t in range(12)], fps=25)
     # Reference resolution 320x240 (twice the video's): the square is at 80-160 x 40-120.
     (tmp_path / "meta.csv").write_text(
         HEADER
@@ -34,12 +35,12 @@ def test_crops_by_metadata_box_and_frame_range(raw, tmp_path):
     out = tmp_path / "out"
     report = preprocess.preprocess(raw / "meta.csv", raw, out, image_size=32, num_workers=0)
     assert len(report["written"]) == 2 and len(report["skipped"]) == 2
-    crop = frames_io.decode_video(out / "train" / "id10001#vidA#000002#000008.mp4")
+    crop = media.decode_video(out / "train" / "id10001#vidA#000002#000008.mp4")
     assert len(crop) == 6  # frames 2..7
     for t, frame in zip(range(2, 8), crop, strict=True):
         # The box is the square: the crop is filled with its colour (h264 is near-lossless).
         np.testing.assert_allclose(frame[4:-4, 4:-4].mean((0, 1)), (200, 10 * t + 20, 100), atol=6)
-    whole = frames_io.decode_video(out / "test" / "id10001#vidA#000005#000010.mp4")
+    whole = media.decode_video(out / "test" / "id10001#vidA#000005#000010.mp4")
     assert len(whole) == 5 and whole[0].shape == (32, 32, 3)
     assert whole[0][2, 2].mean() < 50 and whole[0][10, 12, 0] > 150  # background, square
     reasons = sorted(s["reason"] for s in report["skipped"])
@@ -52,7 +53,7 @@ def test_resumes_and_writes_png_folders(raw, tmp_path):
             "--image_size", "32", "--format", "png", "--num_workers", "2"]  # fmt: skip
     first = preprocess.main(argv)
     folder = out / "train" / "id10001#vidA#000002#000008"
-    assert len(first["written"]) == 2 and len(frames_io.frame_files(folder)) == 6
+    assert len(first["written"]) == 2 and len(media.frame_files(folder)) == 6
     again = preprocess.main(argv)
     assert again["written"] == [] and again["existing"] == 2
 

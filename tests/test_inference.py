@@ -8,8 +8,9 @@ from scipy.spatial import ConvexHull
 
 from configs.common import load_config
 from data_pipeline import synthetic_heads
+from maskrenderer_jax import media
 from maskrenderer_jax.face3d.branch import branch_inputs
-from maskrenderer_jax.inference import demo_outputs, video
+from maskrenderer_jax.inference import demo_outputs
 from maskrenderer_jax.inference.reenact import (
     Reenactor,
     get_reenactor,
@@ -180,22 +181,22 @@ def smooth_frames(num_frames, height, width):
 @pytest.mark.parametrize("shape", [(7, 48, 64), (5, 33, 31)])
 def test_mp4_round_trip(tmp_path, shape):
     frames = smooth_frames(*shape)
-    path = video.write_mp4(tmp_path / "clip.mp4", frames, fps=25)
-    back = video.read_frames(path)
+    path = media.write_mp4(tmp_path / "clip.mp4", frames, fps=25)
+    back = media.read_frames(path)
     t, h, w = shape
     assert back.shape == (t, h + h % 2, w + w % 2, 3) and back.dtype == np.uint8
-    error = np.abs(back[:, :h, :w].astype(np.float32) - video.to_uint8(frames))
+    error = np.abs(back[:, :h, :w].astype(np.float32) - media.to_uint8(frames))
     assert error.mean() < 3.0 and error.max() < 20, (error.mean(), error.max())
 
 
 def test_image_grid_and_png(tmp_path):
     a = np.zeros((1, 4, 6, 3), np.uint8)  # a single image in a row of 3
     b = np.stack([np.full((4, 6, 3), 10 * i, np.uint8) for i in range(3)])
-    grid = video.image_grid([a, b, b.astype(np.float32) / 255.0])
+    grid = media.image_grid([a, b, b.astype(np.float32) / 255.0])
     assert grid.shape == (12, 18, 3) and grid.dtype == np.uint8
     assert (grid[:4, :6] == 0).all() and (grid[:4, 6:] == 255).all()  # empty cells: white
     assert (grid[4:8, 12:18] == 20).all() and (grid[8:12, 6:12] == 10).all()
-    path = video.write_png(tmp_path / "grid.png", grid)
+    path = media.write_png(tmp_path / "grid.png", grid)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), grid)
 
 
@@ -209,7 +210,7 @@ def test_demo_outputs_writes_video_and_grid(tiny, tmp_path):
         chunk_size=4,  # the fixture's compiled Reenactor
     )
     assert paths == {"mp4": tmp_path / "reenactment.mp4", "png": tmp_path / "reenactment.png"}
-    frames = video.read_frames(paths["mp4"])
+    frames = media.read_frames(paths["mp4"])
     assert frames.shape == (6, 2 * SIZE, 3 * SIZE, 3)  # cross and self rows; src | drv | out
     # The self block's source is its driving clip's first frame (h264 at crf 18 errs by ~3
     # grey levels on average on these frames).

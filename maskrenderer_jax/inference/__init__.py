@@ -1,24 +1,16 @@
-"""Inference: reenacting a source image by a driving clip (FOMM's relative motion) and the
-video / image files that show it. `demo_outputs` (imported on its own: it reads the data set)
-writes the demo's reenactment.mp4 / .png."""
+"""Inference: reenacting a source image by a driving clip (FOMM's relative motion, batched or
+streamed frame by frame) and the animate command's pieces (face crop, paste-back).
 
+`from maskrenderer_jax.inference import reenact` is the module (`reenact.reenact`,
+`reenact.Reenactor`); `demo_outputs` (imported on its own: it reads the data set) writes the
+demo's reenactment.mp4 / .png. Media files are maskrenderer_jax.media's."""
+
+from maskrenderer_jax.inference import reenact
 from maskrenderer_jax.inference.reenact import (
     Reenactor,
     get_reenactor,
     movement_scale,
-    reenact,
     relative_keypoints,
 )
-from maskrenderer_jax.inference.video import image_grid, read_frames, write_mp4, write_png
 
-__all__ = [
-    "Reenactor",
-    "get_reenactor",
-    "image_grid",
-    "movement_scale",
-    "read_frames",
-    "reenact",
-    "relative_keypoints",
-    "write_mp4",
-    "write_png",
-]
+__all__ = ["Reenactor", "get_reenactor", "movement_scale", "reenact", "relative_keypoints"]

@@ -18,9 +18,8 @@ import numpy as np
 
 from data_pipeline import sources
 from data_pipeline.frame_source import FrameSource
-from maskrenderer_jax import cli_errors
+from maskrenderer_jax import cli_errors, media
 from maskrenderer_jax.face3d import morphable_model as mm
-from maskrenderer_jax.inference import video
 from maskrenderer_jax.inference.reenact import get_reenactor
 
 GRID_COLUMNS = 8
@@ -118,12 +117,12 @@ def write_reenactment(
     workdir = Path(workdir)
     # Video: per frame, one row per block: source | driving | output.
     frames = np.concatenate([np.concatenate(b, axis=2) for b in blocks], axis=1)
-    mp4 = video.write_mp4(workdir / "reenactment.mp4", frames, fps=fps)
+    mp4 = media.write_mp4(workdir / "reenactment.mp4", frames, fps=fps)
     columns = np.unique(np.linspace(0, length - 1, min(GRID_COLUMNS, length)).round().astype(int))
     rows = []
     for src, driving, output in blocks:
         rows += [src[:1], driving[columns], output[columns]]
-    png = video.write_png(workdir / "reenactment.png", video.image_grid(rows))
+    png = media.write_png(workdir / "reenactment.png", media.image_grid(rows))
     return {"mp4": mp4, "png": png}
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import tensorboardX
 
-from maskrenderer_jax.inference import video
+from maskrenderer_jax import media
 
 # Console columns, in this order, when present.
 CONSOLE_KEYS = ("generator", "discriminator", "perceptual", "triplet")
@@ -113,7 +113,7 @@ class MetricsWriter:
         if self.enabled:
             # A row per name in the dict's order: source, driving, prediction, occlusion
             # masks, rendered face.
-            grid = video.image_grid(list(images.values()))
+            grid = media.image_grid(list(images.values()))
             self._tb.add_image("samples", grid, step, dataformats="HWC")
             self._tb.flush()
 

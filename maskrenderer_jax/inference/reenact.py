@@ -136,6 +136,124 @@ class Reenactor:
         )
         return out["prediction"].astype(jnp.float32)
 
+    def start(
+        self,
+        variables: dict,
+        source: ArrayLike,
+        *,
+        face_model: mm.MorphableModel | None = None,
+        source_coeffs: ArrayLike | None = None,
+        relative: bool = True,
+        adapt_movement_scale: bool = False,
+    ) -> "Reenactor":
+        """Begins a stream: the source's work (its keypoints, its 3DMM coefficients) is done
+        here once; then `step(frame)` per driving frame, the first of which is the reference
+        of relative mode. Returns self, so `Reenactor(cfg).start(v, source).step(frame)`.
+
+        Args:
+          variables: the generator side's {'params', 'batch_stats'} (`mr.init_variables`).
+          source: [H, W, 3] float32 in [0, 1], H = W = model image_size.
+          face_model, source_coeffs: the 3DMM and the source's [257] coefficients (3D-branch
+            models only).
+          relative, adapt_movement_scale: as `__call__`.
+        """
+        source = np.asarray(source, np.float32)
+        size = self.image_size
+        if source.shape != (size, size, 3):
+            raise ValueError(f"need source [{size}, {size}, 3], got {source.shape}")
+        if self.uses_3d:
+            if face_model is None or source_coeffs is None:
+                raise ValueError(
+                    "this model uses the 3D branch: pass face_model, source_coeffs [257] and "
+                    "driving_coeffs [T, 257]"
+                )
+            source_coeffs = np.asarray(source_coeffs, np.float32)
+            if source_coeffs.shape != (mm.NUM_COEFFS,):
+                raise ValueError(f"need source_coeffs [{mm.NUM_COEFFS}], got {source_coeffs.shape}")
+        else:
+            face_model = source_coeffs = None
+        self._stream = {
+            "variables": variables,
+            "face_model": face_model,
+            "source": source,
+            "kp_source": self._detect(variables, source[None]),
+            "source_coeffs": source_coeffs,
+            "relative": bool(relative),
+            "adapt": bool(adapt_movement_scale),
+            "kp_initial": None,  # set by the first driving frame
+            "initial_coeffs": None,
+            "scale": np.float32(1.0),
+        }
+        return self
+
+    def _run(self, frames: np.ndarray, coeffs: np.ndarray | None, batch: int) -> np.ndarray:
+        """frames [n <= batch, H, W, 3] through the per-frame program compiled for `batch`."""
+        state = getattr(self, "_stream", None)
+        if state is None:
+            raise RuntimeError("call start(variables, source) before step()")
+        size = self.image_size
+        if frames.shape[1:] != (size, size, 3):
+            raise ValueError(f"need driving frames [{size}, {size}, 3], got {frames.shape[1:]}")
+        if self.uses_3d:
+            if coeffs is None or np.shape(coeffs) != (len(frames), mm.NUM_COEFFS):
+                raise ValueError(
+                    f"this model uses the 3D branch: need driving_coeffs [{len(frames)}, "
+                    f"{mm.NUM_COEFFS}], got {None if coeffs is None else np.shape(coeffs)}"
+                )
+            coeffs = np.asarray(coeffs, np.float32)
+        else:
+            coeffs = None
+        if state["kp_initial"] is None:
+            state["kp_initial"] = self._detect(state["variables"], frames[:1])
+            state["initial_coeffs"] = None if coeffs is None else coeffs[0]
+            if state["relative"] and state["adapt"]:
+                state["scale"] = np.float32(
+                    movement_scale(
+                        jax.device_get(state["kp_source"]), jax.device_get(state["kp_initial"])
+                    )
+                )
+        out = self._chunk(
+            state["variables"], state["face_model"], state["source"], state["kp_source"],
+            state["kp_initial"], state["scale"], _pad_to(frames, batch), state["source_coeffs"],
+            None if coeffs is None else _pad_to(coeffs, batch), state["initial_coeffs"],
+            relative=state["relative"],
+        )  # fmt: skip
+        return np.asarray(out)[: len(frames)]
+
+    def step(self, frame: ArrayLike, coeffs: ArrayLike | None = None) -> np.ndarray:
+        """One driving frame in, one reenacted frame out (after `start`); fixed shapes, so
+        every call after the first reuses one compiled program.
+
+        Args:
+          frame: [H, W, 3] float32 in [0, 1]; the stream's first frame is relative mode's
+            reference.
+          coeffs: [257] its 3DMM coefficients (3D-branch models).
+        Returns:
+          [H, W, 3] float32 in [0, 1].
+        """
+        frame = np.asarray(frame, np.float32)[None]
+        coeffs = None if coeffs is None else np.asarray(coeffs, np.float32)[None]
+        return self._run(frame, coeffs, 1)[0]
+
+    def steps(self, frames: ArrayLike, coeffs: ArrayLike | None = None) -> np.ndarray:
+        """`step` over [T, H, W, 3] frames (and [T, 257] coefficients), `chunk_size` frames
+        per call of one compiled program (the last chunk padded) -> [T, H, W, 3]."""
+        frames = np.asarray(frames, np.float32)
+        if frames.ndim != 4 or len(frames) == 0:
+            raise ValueError(f"need driving frames [T >= 1, H, W, 3], got {frames.shape}")
+        if coeffs is not None:
+            coeffs = np.asarray(coeffs, np.float32)
+            if coeffs.shape != (len(frames), mm.NUM_COEFFS):
+                raise ValueError(
+                    f"need driving_coeffs [{len(frames)}, {mm.NUM_COEFFS}], got {coeffs.shape}"
+                )
+        chunk = self.chunk_size
+        return np.concatenate([
+            self._run(frames[i : i + chunk], None if coeffs is None else coeffs[i : i + chunk],
+                      chunk)
+            for i in range(0, len(frames), chunk)
+        ])  # fmt: skip
+
     def __call__(
         self,
         variables: dict,
@@ -148,7 +266,7 @@ class Reenactor:
         relative: bool = True,
         adapt_movement_scale: bool = False,
     ) -> np.ndarray:
-        """Animates `source` by `driving`.
+        """Animates `source` by `driving` (`start` then `steps`).
 
         Args:
           variables: the generator side's {'params', 'batch_stats'} (`mr.init_variables`).
@@ -164,57 +282,20 @@ class Reenactor:
         Returns:
           [T, H, W, 3] float32 in [0, 1], the reenacted frames (a numpy array).
         """
-        source = np.asarray(source, np.float32)
         driving = np.asarray(driving, np.float32)
-        size = self.image_size
-        if source.shape != (size, size, 3) or driving.shape[1:] != source.shape:
+        if driving.ndim != 4 or len(driving) == 0:
+            raise ValueError(f"need driving [T >= 1, H, W, 3], got {driving.shape}")
+        if self.uses_3d and (face_model is None or source_coeffs is None or driving_coeffs is None):
             raise ValueError(
-                f"need source [{size}, {size}, 3] and driving [T, {size}, {size}, 3], got "
-                f"{source.shape} and {driving.shape}"
+                "this model uses the 3D branch: pass face_model, source_coeffs [257] and "
+                "driving_coeffs [T, 257]"
             )
-        num_frames = len(driving)
-        if num_frames == 0:
-            raise ValueError("driving has no frames")
-        if self.uses_3d:
-            if face_model is None or source_coeffs is None or driving_coeffs is None:
-                raise ValueError(
-                    "this model uses the 3D branch: pass face_model, source_coeffs [257] and "
-                    "driving_coeffs [T, 257]"
-                )
-            source_coeffs = np.asarray(source_coeffs, np.float32)
-            driving_coeffs = np.asarray(driving_coeffs, np.float32)
-            if source_coeffs.shape != (mm.NUM_COEFFS,) or driving_coeffs.shape != (
-                num_frames,
-                mm.NUM_COEFFS,
-            ):
-                raise ValueError(
-                    f"need source_coeffs [{mm.NUM_COEFFS}] and driving_coeffs [{num_frames}, "
-                    f"{mm.NUM_COEFFS}], got {source_coeffs.shape} and {driving_coeffs.shape}"
-                )
-            initial_coeffs = driving_coeffs[0]
-        else:
-            face_model = source_coeffs = driving_coeffs = initial_coeffs = None
-
-        kp = self._detect(variables, np.stack([source, driving[0]]))
-        kp_source = jax.tree.map(lambda x: x[:1], kp)
-        kp_initial = jax.tree.map(lambda x: x[1:], kp)
-        scale = 1.0
-        if relative and adapt_movement_scale:
-            scale = movement_scale(jax.device_get(kp_source), jax.device_get(kp_initial))
-
-        chunk = self.chunk_size
-        outputs = []
-        for start in range(0, num_frames, chunk):
-            frames = _pad_to(driving[start : start + chunk], chunk)
-            coeffs = None
-            if driving_coeffs is not None:
-                coeffs = _pad_to(driving_coeffs[start : start + chunk], chunk)
-            out = self._chunk(
-                variables, face_model, source, kp_source, kp_initial, np.float32(scale), frames,
-                source_coeffs, coeffs, initial_coeffs, relative=relative,
-            )  # fmt: skip
-            outputs.append(np.asarray(out)[: num_frames - start])
-        return np.concatenate(outputs)
+        self.start(variables, source, face_model=face_model, source_coeffs=source_coeffs,
+                   relative=relative, adapt_movement_scale=adapt_movement_scale)  # fmt: skip
+        try:
+            return self.steps(driving, driving_coeffs)
+        finally:
+            self._stream = None
 
 
 _REENACTORS: dict[tuple[str, int], Reenactor] = {}

@@ -196,3 +196,16 @@ def test_bad_input_is_one_error_and_no_output(fomm_files, tmp_path, capsys):
         assert exit_info.value.code == 2, expected
         assert expected in capsys.readouterr().err, expected
         assert not out.exists() and not list(tmp_path.glob(".*tmp*")), expected
+
+
+def test_readme_reenacting_example_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Reenacting", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(code, namespace)
+    frames, live = namespace["frames"], namespace["live"]
+    assert frames.shape == (4, SIZE, SIZE, 3)
+    np.testing.assert_allclose(live, frames, atol=1e-5)

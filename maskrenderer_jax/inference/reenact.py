@@ -1,10 +1,11 @@
 """Animating one source image by a driving frame sequence (FOMM's demo.py / animate.py).
 
-Per source: keypoints once. Per driving frame: keypoints, FOMM's relative motion against the
-first driving frame (`relative_keypoints`), the 3D branch's inputs for the same relative 3DMM
-motion (exp, angle, trans = S + (D - D0)) when the model has it, then dense motion and the
-generator. Frames run in fixed-size chunks (the last one padded) so that one compiled program
-serves a clip of any length.
+Per source, once: its keypoints and the generator's encoder features. Per driving frame:
+keypoints, FOMM's relative motion against the first driving frame (`relative_keypoints`), the
+3D branch's inputs for the same relative 3DMM motion (exp, angle, trans = S + (D - D0)) when
+the model has it, then dense motion and the decoder. Frames run in fixed-size chunks (the last
+one padded) so that one compiled program serves a clip of any length; `Reenactor.start` /
+`step` stream one frame at a time.
 """
 
 import jax
@@ -89,9 +90,11 @@ def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
 class Reenactor:
     """Compiled reenactment for one model config; reuse it across clips and variables.
 
-    Two compiled programs: keypoints of [source, first driving frame], and one chunk of
-    `chunk_size` driving frames (keypoints, relative motion, 3D branch, dense motion,
-    generator). A second program per chunk is compiled only for relative=False.
+    Compiled programs: once per source, its keypoints and the generator's encoder features
+    of every level (`start`); keypoints of the first driving frame; per chunk of `chunk_size`
+    driving frames (or of one, `step`), their keypoints, relative motion, 3D branch, dense
+    motion and the decoder on the stored source features. relative=False compiles its own
+    chunk program.
     """
 
     def __init__(self, model_config: ml_collections.ConfigDict, *, chunk_size: int = 8):
@@ -101,6 +104,7 @@ class Reenactor:
         self.image_size = int(model_config.image_size)
         self.chunk_size = int(chunk_size)
         self._detect = jax.jit(self._detect_fn)
+        self._source = jax.jit(self._source_fn)
         self._chunk = jax.jit(self._chunk_fn, static_argnames="relative")
 
     @property
@@ -110,8 +114,17 @@ class Reenactor:
     def _detect_fn(self, variables, images):
         return self.model.apply(variables, images, train=False, method=mr.MaskRenderer.detect)
 
-    def _chunk_fn(self, variables, face_model, source, kp_source, kp_initial, scale, driving,
-                  source_coeffs, driving_coeffs, initial_coeffs, *, relative: bool):  # fmt: skip
+    def _source_fn(self, variables, source):
+        """[1, H, W, 3] -> (its keypoints, its encoder features): the per-source work."""
+        kp = self._detect_fn(variables, source)
+        features = self.model.apply(
+            variables, source, train=False, method=mr.MaskRenderer.encode_source
+        )
+        return kp, features
+
+    def _chunk_fn(self, variables, face_model, source, kp_source, source_features, kp_initial,
+                  scale, driving, source_coeffs, driving_coeffs, initial_coeffs, *,
+                  relative: bool):  # fmt: skip
         n = driving.shape[0]
         kp_driving = self._detect_fn(variables, driving)
         if relative:
@@ -131,6 +144,7 @@ class Reenactor:
             _tile(kp_source, n),
             kp_driving,
             **extra,
+            source_features=_tile(source_features, n),
             train=False,
             method=mr.MaskRenderer.animate,
         )
@@ -172,11 +186,13 @@ class Reenactor:
                 raise ValueError(f"need source_coeffs [{mm.NUM_COEFFS}], got {source_coeffs.shape}")
         else:
             face_model = source_coeffs = None
+        kp_source, features = self._source(variables, source[None])
         self._stream = {
             "variables": variables,
             "face_model": face_model,
             "source": source,
-            "kp_source": self._detect(variables, source[None]),
+            "kp_source": kp_source,
+            "source_features": features,
             "source_coeffs": source_coeffs,
             "relative": bool(relative),
             "adapt": bool(adapt_movement_scale),
@@ -214,7 +230,8 @@ class Reenactor:
                 )
         out = self._chunk(
             state["variables"], state["face_model"], state["source"], state["kp_source"],
-            state["kp_initial"], state["scale"], _pad_to(frames, batch), state["source_coeffs"],
+            state["source_features"], state["kp_initial"], state["scale"],
+            _pad_to(frames, batch), state["source_coeffs"],
             None if coeffs is None else _pad_to(coeffs, batch), state["initial_coeffs"],
             relative=state["relative"],
         )  # fmt: skip

@@ -79,6 +79,7 @@ class OcclusionAwareGenerator(nn.Module):
         extra_motions: jax.Array | None = None,
         extra_motion_weights: jax.Array | None = None,
         extra_inputs: jax.Array | None = None,
+        source_features: list[jax.Array] | None = None,
         train: bool,
     ) -> dict:
         """Renders the source with the driving motion.
@@ -87,13 +88,15 @@ class OcclusionAwareGenerator(nn.Module):
           source: [B, H, W, 3] float32 in [0, 1].
           kp_driving, kp_source: {'value': [B, K, 2], 'jacobian': [B, K, 2, 2]}.
           extra_motions, extra_motion_weights, extra_inputs: see DenseMotionNetwork.
+          source_features: `encode(source)` computed beforehand (inference encodes a source
+            once for all its driving frames); None: encoded here.
         Returns:
           the dense-motion outputs plus 'prediction' [B, H, W, 3] float32 in (0, 1),
           'deformed' [B, H, W, 3] (the source warped by the deformation) and
           'warped_features': the warped, occlusion-gated source features of each warped level
           (finest first; FOMM: the deepest level only), for the warping loss.
         """
-        feats = self.encode(source, train=train)
+        feats = self.encode(source, train=train) if source_features is None else source_features
         motion = self.dense_motion_network(
             source,
             kp_driving,

@@ -32,6 +32,11 @@ class MaskRenderer(nn.Module):
         """image [B, H, W, 3] in [0, 1] -> {'value': [B, K, 2], 'jacobian': [B, K, 2, 2]}."""
         return self.kp_detector(image, train=train)
 
+    def encode_source(self, source: jax.Array, *, train: bool) -> list[jax.Array]:
+        """The generator's encoder features of `source` [B, H, W, 3] in [0, 1], finest first
+        (level l: [B, H/2^l, W/2^l, C_l]): computed once per source at inference."""
+        return self.generator.encode(source, train=train)
+
     def animate(
         self,
         source: jax.Array,
@@ -41,9 +46,11 @@ class MaskRenderer(nn.Module):
         motion_3d: jax.Array | None = None,
         coverage_3d: jax.Array | None = None,
         rendered_3d: jax.Array | None = None,
+        source_features: list[jax.Array] | None = None,
         train: bool,
     ) -> dict:
-        """Renders `source` moved from `kp_source` to `kp_driving` (see __call__)."""
+        """Renders `source` moved from `kp_source` to `kp_driving` (see __call__);
+        `source_features`: `encode_source(source)` if already computed."""
         given = [x is not None for x in (motion_3d, rendered_3d)]
         if self.uses_3d and not all(given):
             raise ValueError(
@@ -62,6 +69,7 @@ class MaskRenderer(nn.Module):
             extra_motions=None if motion_3d is None else motion_3d[:, None],
             extra_motion_weights=None if coverage_3d is None else coverage_3d[:, None],
             extra_inputs=rendered_3d,
+            source_features=source_features,
             train=train,
         )
 

@@ -81,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="frame rate of a folder / .npz driving clip (25)")
     p.add_argument("--recon-variables", help="converters.deep3dface output (MaskRenderer)")
     p.add_argument("--bfm", help="converters.bfm output (default: the run's 3DMM)")
+    p.add_argument("--coefficients", help=".npz of known 3DMM coefficients (`source` [257], "
+                   "`driving` [T, 257]) instead of regressing them (MaskRenderer)")  # fmt: skip
     return p
 
 
@@ -149,7 +151,7 @@ def animate(args) -> dict:
     faces = None
     needs_faces = args.crop or args.find_best_frame
     reenactor = get_reenactor(config.model, args.batch_size)
-    if needs_faces or reenactor.uses_3d:
+    if needs_faces or (reenactor.uses_3d and not args.coefficients):
         from maskrenderer_jax.evaluation.dlib_faces import DlibFaces
 
         faces = DlibFaces(args.detector)
@@ -179,9 +181,12 @@ def animate(args) -> dict:
 
     face_model = source_coeffs = driving_coeffs = None
     if reenactor.uses_3d:
+        face_model = load_face_model(args, config)
+    if reenactor.uses_3d and args.coefficients:
+        source_coeffs, driving_coeffs = read_coefficients(args.coefficients, len(driving_frames))
+    elif reenactor.uses_3d:
         from maskrenderer_jax.inference import coefficients
 
-        face_model = load_face_model(args, config)
         regress = coefficients.OnlineCoefficients(
             coefficients.load_recon_variables(
                 args.recon_variables or config.get("face3d", {}).get("recon_variables")
@@ -235,6 +240,18 @@ def animate(args) -> dict:
     print(f"animated {len(result)} frames at {progress.rate:.1f} frames/s with {described} -> "
           f"{args.out}{' (with audio)' if audio else ''}{lost_text}")  # fmt: skip
     return summary
+
+
+def read_coefficients(path: str, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """--coefficients: (source [257], driving [T, 257]) float32."""
+    with np.load(path) as data:
+        found = {k: data[k].shape for k in data.files}
+        if found.get("source") != (257,) or found.get("driving") != (num_frames, 257):
+            raise cli_errors.UserError(
+                f"--coefficients {path}: need source [257] and driving [{num_frames}, 257] "
+                f"(one row per driving frame); found {found}"
+            )
+        return data["source"].astype(np.float32), data["driving"].astype(np.float32)
 
 
 def load_face_model(args, config):

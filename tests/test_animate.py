@@ -209,3 +209,25 @@ def test_readme_reenacting_example_runs():
     frames, live = namespace["frames"], namespace["live"]
     assert frames.shape == (4, SIZE, SIZE, 3)
     np.testing.assert_allclose(live, frames, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_maskrenderer_checkpoint_regresses_coefficients_online(astronaut_clip, tmp_path, caplog):
+    """A MaskRenderer variables directory, the face cropped, Deep3DFace (random: warned) on
+    the 5-landmark-aligned crops of the photo and every frame."""
+    import jax
+
+    from maskrenderer_jax import params_io
+    from maskrenderer_jax.models import maskrenderer as mr
+
+    config = load_config("configs/tiny.py")
+    variables = jax.jit(lambda k: mr.init_variables(config.model, k))(jax.random.key(0))
+    params_io.save_variables(tmp_path / "variables", variables)
+    root, out = astronaut_clip["root"], tmp_path / "mr.npz"
+    summary = run("--source", root / "photo.png", "--driving", root / "driving.mp4",
+                  "--checkpoint", tmp_path / "variables", "--config", "configs/tiny.py",
+                  "--batch-size", 2, "--out", out)  # fmt: skip
+    frames = np.load(out)["frames"]
+    assert frames.shape == (5, SIZE, SIZE, 3) and np.isfinite(frames).all()
+    assert summary["lost_face_frames"] == 0
+    assert "Deep3DFace ReconNet has RANDOM weights" in caplog.text

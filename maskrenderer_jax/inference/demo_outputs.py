@@ -49,6 +49,26 @@ def pick_clips(split: FrameSource) -> dict[str, int]:
     return {"source": int(index.clips_of[0][0]), "cross": int(index.clips_of[1][0])}
 
 
+def export_inputs(config: ml_collections.ConfigDict, folder, num_frames: int = 32) -> dict:
+    """The held-out cross-identity pair as files for `python -m maskrenderer_jax.animate`:
+    folder/source.png (frame 0 of the first test identity's clip), folder/driving.mp4 (a clip
+    of the second identity) and, when the data set has them, folder/coefficients.npz (`source`
+    [257], `driving` [T, 257]: the exact 3DMM coefficients, for `animate --coefficients`)."""
+    split = sources.open_split(config.data, config.data.eval_split)
+    clips = pick_clips(split)
+    own, cross = _clip(split, clips["source"], 1), _clip(split, clips["cross"], num_frames)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "source": media.write_png(folder / "source.png", own["images"][0]),
+        "driving": media.write_mp4(folder / "driving.mp4", cross["images"]),
+    }
+    if own["coeffs"] is not None:
+        paths["coefficients"] = folder / "coefficients.npz"
+        np.savez(paths["coefficients"], source=own["coeffs"][0], driving=cross["coeffs"])
+    return paths
+
+
 def write_reenactment(
     config: ml_collections.ConfigDict,
     variables: dict,
@@ -144,6 +164,12 @@ def main(argv=None) -> dict[str, Path]:
     parser.add_argument("--workdir", required=True, help="training workdir (checkpoints)")
     parser.add_argument("--num_frames", type=int, default=32)
     parser.add_argument("--no_self", action="store_true", help="cross-identity only")
+    parser.add_argument(
+        "--export_inputs",
+        metavar="DIR",
+        help="also write the held-out source.png, driving.mp4 and their 3DMM coefficients.npz "
+        "to DIR, for python -m maskrenderer_jax.animate",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
 
@@ -171,6 +197,8 @@ def main(argv=None) -> dict[str, Path]:
         num_frames=args.num_frames,
         self_reenactment=not args.no_self,
     )
+    if args.export_inputs:
+        paths.update(export_inputs(config, args.export_inputs, args.num_frames))
     for path in paths.values():
         print(path)
     return paths

@@ -120,6 +120,7 @@ def torch_step(config, batch: dict):
 def bench(name: str, spec: str, with_torch: bool, batch_size: int, iters: int, bf16=False):
     config = common.load_config(spec)
     config.data.batch_size = batch_size
+    config.pretrained.perceptual = "vgg19"  # FOMM's network, as the torch step runs it
     if bf16:
         config.model.dtype = "bfloat16"
     batch = synthetic_batch(config, batch_size)

@@ -14,6 +14,7 @@ from converters import fomm
 from maskrenderer_jax import cli_errors, media
 from maskrenderer_jax.animate import main as animate
 from maskrenderer_jax.inference.reenact import Reenactor
+from maskrenderer_jax.train.checkpoint import write_run_config
 
 SIZE = 64  # configs/tiny.py
 
@@ -179,6 +180,9 @@ def test_bad_input_is_one_error_and_no_output(fomm_files, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     np.savez(tmp_path / "zero.npz", frames=np.zeros((0, SIZE, SIZE, 3), np.float32))
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    run_dir = tmp_path / "run"  # a training run of the tiny FOMM (its config.json)
+    run_dir.mkdir()
+    write_run_config(run_dir, fomm_files["config"])
     out = tmp_path / "out.npz"
     cases = {
         "no .png/.jpg/.jpeg files": ["--driving", tmp_path / "empty"],
@@ -187,6 +191,14 @@ def test_bad_input_is_one_error_and_no_output(fomm_files, tmp_path, capsys):
         "no face found": ["--driving", root / "driving", "--source", tmp_path / "noise.png"],
         "does not exist": ["--driving", root / "driving", "--out", tmp_path / "nope" / "x.mp4"],
         "kp_detector": ["--driving", root / "driving", "--config", "configs/tiny.py"],
+        "trained with another model": [
+            "--driving",
+            root / "driving",
+            "--checkpoint",
+            run_dir,
+            "--config",
+            "configs/tiny.py",
+        ],  # fmt: skip
     }
     for expected, argv in cases.items():
         crop = [] if expected == "no face found" else ["--no-crop"]

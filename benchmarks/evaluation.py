@@ -97,7 +97,7 @@ def protocol_rows() -> list[tuple[str, str]]:
     return rows
 
 
-def demo_rows(workdir: str) -> str:
+def demo_rows(workdir: str, limit: int) -> str:
     config = read_run_config(workdir)
     variables = load_generator_variables(workdir, config)
     mesh = make_mesh(config.mesh)
@@ -108,10 +108,11 @@ def demo_rows(workdir: str) -> str:
         rows = []
         for baseline in (None, "copy_source", "copy_driving"):
             evaluator = Evaluator(config, protocol, chosen, mesh=mesh, face_model=face_model,
-                                  baseline=baseline)  # fmt: skip
+                                  baseline=baseline, limit=limit)  # fmt: skip
             result = evaluator.run(None if baseline else variables)
             rows.append((baseline or f"demo ({workdir})", result))
-        tables.append(f"{protocol}-reenactment, {rows[0][1]['frames']} held-out frames:\n\n"
+        tables.append(f"{protocol}-reenactment, the first {rows[0][1]['frames']} held-out "
+                      "frames:\n\n"
                       + eval_report.markdown_table(rows, protocol))  # fmt: skip
         tables.append(f"backends: {rows[0][1]['backends']}; ground truth (driving frames vs "
                       f"the rendered truth): {rows[0][1]['ground_truth']}")  # fmt: skip
@@ -121,13 +122,14 @@ def demo_rows(workdir: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.evaluation", description=__doc__)
     parser.add_argument("--demo-workdir", help="also evaluate this demo run beside baselines")
+    parser.add_argument("--limit", type=int, default=0, help="demo rows: first N frames (0: all)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     facts = report.facts()
     rows = backend_rows(faces_256()) + protocol_rows()
     table = "| what | throughput |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
     if args.demo_workdir:
-        table += "\n\n" + demo_rows(args.demo_workdir)
+        table += "\n\n" + demo_rows(args.demo_workdir, args.limit)
     intro = (
         "Evaluation throughput on this CPU: each backend on 256x256 synthetic face frames "
         "(host-side dlib runs one frame at a time), and the self-reenactment protocol "

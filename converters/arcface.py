@@ -135,12 +135,13 @@ def main(argv=None) -> None:
     if args.arch and stage_sizes != ARCHS[args.arch]:
         parser.error(f"--arch {args.arch}: {args.variables} holds {arch_name(stage_sizes)}")
     print(f"IResNet {arch_name(stage_sizes)}")
-    cli.save_if_asked(args, variables, "IResNet")
-    if args.export:
-        cli.save_torch(export_state_dict(variables), args.export)
-        print(f"wrote the arcface_torch state dict to {args.export}")
-    if args.probe:
-        cli.write_probe(args.probe_out, probe(variables, read_probe_inputs(args.probe)))
+    cli.write_outputs(
+        args,
+        variables,
+        "IResNet",
+        export=export_state_dict,
+        probe=lambda v, path: probe(v, read_probe_inputs(path)),
+    )
 
 
 if __name__ == "__main__":

@@ -75,6 +75,26 @@ def save_if_asked(args: argparse.Namespace, variables, what: str) -> None:
         print(f"wrote {what} variables to {path}")
 
 
+def write_outputs(
+    args: argparse.Namespace,
+    variables,
+    what: str,
+    *,
+    export=None,
+    probe=None,
+    save=None,
+) -> None:
+    """What a network converter writes, as its flags ask: --out (the Flax variables),
+    --export (`save(export(variables), path)`; `save` defaults to torch.save) and
+    --probe/--probe-out (`probe(variables, probe_path)` -> arrays)."""
+    save_if_asked(args, variables, what)
+    if args.export:
+        (save or save_torch)(export(variables), args.export)
+        print(f"wrote the {what} export to {args.export}")
+    if args.probe:
+        write_probe(args.probe_out, probe(variables, args.probe))
+
+
 def read_images(path: str, names=("images",), *, min_size: int = 1, hint: str = "") -> list:
     """[B, H, W, 3] float32 arrays `names` of an npz, each checked; errors name file and array."""
     with np.load(path, allow_pickle=False) as data:

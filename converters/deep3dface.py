@@ -80,12 +80,13 @@ def main(argv=None) -> None:
     variables = cli.load_or_import(
         args, "checkpoint", lambda path: import_checkpoint(safe_load.load_torch(path), path)
     )
-    cli.save_if_asked(args, variables, "ReconNet")
-    if args.export:
-        cli.save_torch(export_checkpoint(variables), args.export)
-        print(f"wrote {{'{KEY}': state_dict}} to {args.export}")
-    if args.probe:
-        cli.write_probe(args.probe_out, probe(variables, read_probe_inputs(args.probe)))
+    cli.write_outputs(
+        args,
+        variables,
+        "ReconNet",
+        export=export_checkpoint,
+        probe=lambda v, path: probe(v, read_probe_inputs(path)),
+    )
 
 
 if __name__ == "__main__":

@@ -121,12 +121,13 @@ def main(argv=None) -> None:
     variables = cli.load_or_import(
         args, "checkpoint", lambda path: load_checkpoint(path, num_modules=args.num_modules)
     )
-    cli.save_if_asked(args, variables, "FAN")
-    if args.export:
-        cli.save_torch(export_state_dict(variables), args.export)
-        print(f"wrote the FAN state dict to {args.export}")
-    if args.probe:
-        cli.write_probe(args.probe_out, probe(variables, read_probe_inputs(args.probe)))
+    cli.write_outputs(
+        args,
+        variables,
+        "FAN",
+        export=export_state_dict,
+        probe=lambda v, path: probe(v, read_probe_inputs(path)),
+    )
 
 
 if __name__ == "__main__":

@@ -83,12 +83,13 @@ def main(argv=None) -> None:
     variables = cli.load_or_import(
         args, "checkpoint", lambda path: import_state_dict(safe_load.load_torch(path), path)
     )
-    cli.save_if_asked(args, variables, "InceptionV3")
-    if args.export:
-        cli.save_torch(export_state_dict(variables), args.export)
-        print(f"wrote the FID Inception state dict to {args.export}")
-    if args.probe:
-        cli.write_probe(args.probe_out, probe(variables, read_probe_inputs(args.probe)))
+    cli.write_outputs(
+        args,
+        variables,
+        "InceptionV3",
+        export=export_state_dict,
+        probe=lambda v, path: probe(v, read_probe_inputs(path)),
+    )
 
 
 if __name__ == "__main__":

@@ -93,13 +93,14 @@ def main(argv=None) -> None:
     variables = cli.load_or_import(
         args, "pickle", lambda path: import_weights(safe_load.load_pickle(path), path)
     )
-    cli.save_if_asked(args, variables, "VGGFace2")
-    if args.export:
-        state = export_weights(variables)
-        cli.save_pickle(state, args.export)  # protocol 2: readable by the Python 2 original
-        print(f"wrote {len(state)} arrays to {args.export}")
-    if args.probe:
-        cli.write_probe(args.probe_out, probe(variables, read_probe_inputs(args.probe)))
+    cli.write_outputs(
+        args,
+        variables,
+        "VGGFace2",
+        export=export_weights,
+        save=cli.save_pickle,
+        probe=lambda v, path: probe(v, read_probe_inputs(path)),
+    )
 
 
 if __name__ == "__main__":

@@ -234,9 +234,10 @@ def animate(args) -> dict:
         "lost_face_frames": lost,
         "model": described,
     }
-    lost_text = (
-        f"; face lost in {lost} frame(s), their crop kept from the last" if args.crop else ""
-    )
+    lost_text = ""
+    if args.crop:
+        lost_text = (f"; face lost in {lost} of {len(driving_frames)} driving frames (the last "
+                     "crop kept)" if lost else "; face found in every driving frame")  # fmt: skip
     print(f"animated {len(result)} frames at {progress.rate:.1f} frames/s with {described} -> "
           f"{args.out}{' (with audio)' if audio else ''}{lost_text}")  # fmt: skip
     return summary

@@ -115,7 +115,11 @@ def check_paths(args) -> str:
             f"--out {out}: the folder {out.absolute().parent} does not exist"
         )
     kind = clip_files.output_kind(out)
-    output_files.check_outputs({"--out": out}, [args.source, args.driving, args.checkpoint],
+    # A training workdir is read only under checkpoints/ (and config.json): writing the
+    # result beside them, into the run's folder, overwrites nothing.
+    checkpoint = Path(args.checkpoint)
+    read = checkpoint / "checkpoints" if (checkpoint / "checkpoints").is_dir() else checkpoint
+    output_files.check_outputs({"--out": out}, [args.source, args.driving, read],
                                overwrite=args.overwrite)  # fmt: skip
     if args.batch_size < 1:
         raise cli_errors.UserError(f"--batch-size must be >= 1, got {args.batch_size}")

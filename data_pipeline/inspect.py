@@ -13,7 +13,7 @@ import numpy as np
 
 from data_pipeline.config import data_config
 from data_pipeline.train_iter import make_train_iter
-from maskrenderer_jax import cli_errors, media
+from maskrenderer_jax import cli_errors, media, output_files
 
 
 def batch_statistics(batch: dict) -> dict:
@@ -77,15 +77,18 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--num_workers", type=int)
     parser.add_argument("--num_batches", type=int, default=2)
     parser.add_argument("--out", default="grid.png", help="PNG of the first batch")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     data = load_data_section(args)
+    output_files.check_outputs({"--out": args.out}, [], overwrite=args.overwrite)
     iterator = make_train_iter(data)
     all_stats = []
     try:
         for i in range(args.num_batches):
             batch = next(iterator)
             if i == 0:
-                media.write_png(args.out, grid(batch))
+                with output_files.replacing(args.out) as tmp:
+                    media.write_png(tmp, grid(batch))
             stats = batch_statistics(batch)
             all_stats.append(stats)
             print(f"batch {i}:")

@@ -34,6 +34,11 @@ def test_inspect_prints_statistics_and_writes_the_grid(data_dir, tmp_path, capsy
     assert len(stats) == 3 and "batch 2:" in printed and "cross == source identity: 0%" in printed
     grid = np.asarray(Image.open(out))
     assert grid.shape == (4 * SIZE, 3 * SIZE, 3)  # rows: examples; source | driving | cross
+    again = ["--dataset", "voxceleb", "--data_dir", str(data_dir), "--image_size", str(SIZE),
+             "--num_batches", "1", "--out", str(out)]  # fmt: skip
+    with pytest.raises(ValueError, match="exists; pass --overwrite"):
+        data_inspect.main(again)
+    data_inspect.main([*again, "--overwrite"])
 
 
 def test_inspect_reads_the_data_section_of_a_config_file(data_dir, tmp_path, capsys):

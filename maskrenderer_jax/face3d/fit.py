@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from maskrenderer_jax import output_files
 from maskrenderer_jax.face3d import morphable_model as mm
 from maskrenderer_jax.face3d import render
 
@@ -112,7 +113,9 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--out", help="PNG: target | start | fitted")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    output_files.check_outputs({"--out": args.out}, [], overwrite=args.overwrite)
 
     model = synthetic_bfm(seed=0)
     target = random_target(args.seed)
@@ -142,7 +145,8 @@ def main(argv=None) -> None:
 
         start = render_fn(model, neutral_start(target), image_size=args.image_size)
         row = np.concatenate([goal["image"][0], start["image"][0], fitted["image"][0]], axis=1)
-        Image.fromarray((np.clip(row, 0, 1) * 255).astype(np.uint8)).save(args.out)
+        with output_files.replacing(args.out) as tmp:
+            Image.fromarray((np.clip(row, 0, 1) * 255).astype(np.uint8)).save(tmp)
         print(f"wrote {args.out}")
 
 

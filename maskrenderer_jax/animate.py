@@ -146,7 +146,7 @@ def side_by_side(panels: list[np.ndarray]) -> np.ndarray:
 
 def animate(args) -> dict:
     kind = check_paths(args)
-    config, variables, described = load_model(args)
+    config, variables, described, _ = load_model(args)
     size = int(config.model.image_size)
     photo = clip_files.read_source(args.source)
     driving = clip_files.read_driving(args.driving, args.fps)

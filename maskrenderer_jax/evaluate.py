@@ -28,7 +28,6 @@ import logging
 from pathlib import Path
 
 import jax
-import ml_collections
 
 from maskrenderer_jax import cli_errors, output_files
 from maskrenderer_jax.evaluation import backends as backend_lib
@@ -39,6 +38,7 @@ from maskrenderer_jax.evaluation.protocol import (
     Evaluator,
     model_macs_per_frame,
 )
+from maskrenderer_jax.inference import model_files
 from maskrenderer_jax.train import checkpoint
 from maskrenderer_jax.train.sharding import make_mesh
 
@@ -77,40 +77,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_run_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
-    if args.config:
-        from configs.common import load_config
-
-        return load_config(args.config)
-    if args.fomm_checkpoint:
-        raise cli_errors.UserError("--fomm-checkpoint needs --config (the FOMM model config, e.g. "
-                         "configs/fomm_vox256.py)")  # fmt: skip
-    return checkpoint.read_run_config(args.workdir)
-
-
-def load_model(args: argparse.Namespace, config) -> tuple[dict | None, int | None, str]:
-    """(generator-side variables, step, description) of the evaluated model."""
+def load_model(args: argparse.Namespace) -> model_files.LoadedModel:
+    """The run's (or --config's) config and, unless a baseline is evaluated, the model."""
     if args.baseline:
-        return None, None, f"baseline {args.baseline}"
-    if args.fomm_checkpoint:
-        from converters import fomm, safe_load
+        if args.config:
+            from configs.common import load_config
 
-        networks = fomm.import_checkpoint(
-            safe_load.load_torch(args.fomm_checkpoint), config.model, source=args.fomm_checkpoint
-        )
-        return networks["model"], None, f"FOMM checkpoint {args.fomm_checkpoint}"
-    steps = checkpoint.saved_steps(args.workdir)
-    if not steps:
-        raise cli_errors.UserError(
-            f"{checkpoint.checkpoint_dir(args.workdir)}: no checkpoint to evaluate"
-        )
-    step = steps[-1] if args.step is None else args.step
-    if step not in steps:
-        raise cli_errors.UserError(
-            f"{args.workdir}: no checkpoint at step {step}; saved steps {steps}"
-        )
-    variables = checkpoint.load_generator_variables(args.workdir, config, step)
-    return variables, step, f"{Path(args.workdir).resolve()} step {step}"
+            config = load_config(args.config)
+        elif args.workdir:
+            config = checkpoint.read_run_config(args.workdir)
+        else:
+            raise cli_errors.UserError("--fomm-checkpoint with --baseline needs --config")
+        return model_files.LoadedModel(config, None, f"baseline {args.baseline}", None)
+    return model_files.load_model(
+        argparse.Namespace(
+            checkpoint=args.workdir or args.fomm_checkpoint, config=args.config, step=args.step
+        )  # fmt: skip
+    )
 
 
 def default_out(args: argparse.Namespace, step: int | None) -> Path:
@@ -123,10 +106,9 @@ def default_out(args: argparse.Namespace, step: int | None) -> Path:
 def evaluate(args: argparse.Namespace) -> dict:
     if args.workdir and not Path(args.workdir).is_dir():
         raise cli_errors.UserError(f"{args.workdir}: no such run directory")
-    config = load_run_config(args)
+    config, variables, described, step = load_model(args)
     if args.data_dir:
         config.data.data_dir = args.data_dir
-    variables, step, described = load_model(args, config)
     out = Path(args.out) if args.out else default_out(args, step)
     if not out.parent.is_dir() and (args.out or not args.workdir):
         raise cli_errors.UserError(f"{out.parent}: the output folder does not exist")

@@ -121,7 +121,8 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
     for argv, expected in (
         (["--workdir", str(tmp_path / "nope")], "no such run directory"),
         (["--workdir", str(run), "--step", "7"], "no checkpoint at step 7; saved steps [3]"),
-        (["--fomm-checkpoint", str(tmp_path / "x.pth")], "needs --config"),
+        (["--fomm-checkpoint", str(tmp_path / "x.pth")], "no such file"),
+        (["--fomm-checkpoint", str(run / "config.json")], "pass --config"),
         (["--workdir", str(run), "--out", str(tmp_path / "a" / "b.json")], "does not exist"),
         (["--workdir", str(run), "--out", str(run / "config.json")], "pass --overwrite"),
     ):

@@ -5,6 +5,7 @@ difference."""
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -45,8 +46,17 @@ def _check_shapes(variables: dict, model_config, source: str) -> None:
                         f"mismatches):\n  {shown}")  # fmt: skip
 
 
-def load_model(args: argparse.Namespace) -> tuple[ml_collections.ConfigDict, dict, str]:
-    """(config, generator-side variables {'params', 'batch_stats'}, a description)."""
+class LoadedModel(NamedTuple):
+    config: ml_collections.ConfigDict
+    variables: dict  # the generator side's {'params', 'batch_stats'}
+    described: str  # what was loaded, for logs and results
+    step: int | None  # the checkpoint's step (a training workdir), else None
+
+
+def load_model(args: argparse.Namespace) -> LoadedModel:
+    """The model of `args.checkpoint` (workdir, variables directory or FOMM .pth.tar), with
+    `args.config` (required but for a workdir, where it must match), `args.step` (workdir) and
+    `args.precision` (optional)."""
     path = Path(args.checkpoint)
     if not path.exists():
         raise UserError(f"--checkpoint {path}: no such file or folder")
@@ -57,7 +67,7 @@ def load_model(args: argparse.Namespace) -> tuple[ml_collections.ConfigDict, dic
         variables = fomm.import_checkpoint(
             safe_load.load_torch(path), config.model, source=str(path)
         )["model"]
-        described = f"FOMM checkpoint {path}"
+        described, step = f"FOMM checkpoint {path}", None
     elif (path / checkpoint.CONFIG_FILE).is_file():
         saved = checkpoint.read_run_config(path)
         config = saved
@@ -87,7 +97,7 @@ def load_model(args: argparse.Namespace) -> tuple[ml_collections.ConfigDict, dic
             variables = variables["model"]
         variables = {k: variables.get(k, {}) for k in ("params", "batch_stats")}
         _check_shapes(variables, config.model, f"--checkpoint {path}")
-        described = f"variables {path}"
+        described, step = f"variables {path}", None
     if getattr(args, "precision", "float32") != "float32":
         config.model.dtype = args.precision
-    return config, variables, described
+    return LoadedModel(config, variables, described, step)

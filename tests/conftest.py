@@ -12,6 +12,7 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+import ctypes  # noqa: E402
 import gc  # noqa: E402
 
 import pytest  # noqa: E402
@@ -25,3 +26,5 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+    if hasattr(ctypes.CDLL(None), "malloc_trim"):  # glibc keeps freed memory otherwise
+        ctypes.CDLL(None).malloc_trim(0)

@@ -75,6 +75,11 @@ def _memoised(kind: str, images: np.ndarray, compute) -> np.ndarray:
     return np.stack([_MEMO[k] for k in keys])
 
 
+def forget_faces() -> None:
+    """Drops the remembered detections and embeddings (a benchmark times the work itself)."""
+    _MEMO.clear()
+
+
 def face_boxes(detector: str, images: np.ndarray) -> np.ndarray:
     """[B, H, W, 3] -> [B, 4] the largest face's box (x0, y0, x1, y1), NaN rows where none."""
     return _memoised(f"box/{detector}", images, lambda x: dlib_faces(detector).detect(x)[0])

@@ -25,7 +25,7 @@ from maskrenderer_jax.face3d import morphable_model as mm
 from maskrenderer_jax.face3d import render, synthetic_bfm
 
 SIZES = (64, 128, 256)
-_SLICE = {name: slice(start, stop) for name, start, stop in mm.COEFF_GROUPS}
+_SLICE = mm.COEFF_SLICES
 _EXP = {name: i for i, name in enumerate(synthetic_bfm.EXP_BASES)}
 
 

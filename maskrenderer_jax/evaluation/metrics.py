@@ -25,8 +25,7 @@ SSIM_RADIUS = int(3.5 * SSIM_SIGMA + 0.5)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 # iBUG-68 outer eye corners: the inter-ocular normaliser of the 300-W NME.
 OUTER_EYE_CORNERS = (36, 45)
-_ANGLE = slice(*next((a, b) for name, a, b in mm.COEFF_GROUPS if name == "angle"))
-_EXP = slice(*next((a, b) for name, a, b in mm.COEFF_GROUPS if name == "exp"))
+_ANGLE, _EXP = mm.COEFF_SLICES["angle"], mm.COEFF_SLICES["exp"]
 
 
 def _f32(x) -> jax.Array:

@@ -142,7 +142,7 @@ class Evaluator:
                 "DIR` (Deep3DFace's regressor), as for training"
             )
         self.clip_names = split.index.clips
-        self.num_pairs = len(protocol_pairs(config, protocol, limit=limit))
+        self.num_pairs = len(protocol_pairs(config, protocol, limit=limit, index=split.index))
         batch = sharding.batch_sharding(mesh)
         self._device = jax.jit(
             self._device_fn, out_shardings=batch, in_shardings=(None, None, batch)

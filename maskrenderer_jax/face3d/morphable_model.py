@@ -27,6 +27,7 @@ COEFF_GROUPS = (  # name, start, stop in the 257-vector of Deep3DFace's regresso
     ("gamma", 227, 254),
     ("trans", 254, 257),
 )
+COEFF_SLICES = {name: slice(start, stop) for name, start, stop in COEFF_GROUPS}
 NUM_COEFFS = 257
 NUM_LANDMARKS = 68
 FOCAL, CENTER, CAMERA_DISTANCE, IMAGE_SIZE = 1015.0, 112.0, 10.0, 224

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import vgg_torch
 from torch import nn
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M")
@@ -61,27 +62,9 @@ class AlexNet(nn.Module):
         )
 
 
-class VGG16(nn.Module):
+class VGG16(vgg_torch.VGG):
     def __init__(self, hidden: int = 8, num_classes: int = 1000):
-        super().__init__()
-        layers, channels = [], 3
-        for v in VGG16_CFG:
-            if v == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-                channels = v
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, hidden),
-            nn.ReLU(True),
-            nn.Dropout(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(True),
-            nn.Dropout(),
-            nn.Linear(hidden, num_classes),
-        )
+        super().__init__(VGG16_CFG, hidden, num_classes)
 
 
 MIRRORS = {"alex": AlexNet, "vgg": VGG16}

@@ -22,11 +22,14 @@ FOMM_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))
 MEAN_BGR = np.array([91.4953, 103.8827, 131.0912])  # datasets/vgg_face2.py
 
 
-class VGG19(nn.Module):
-    def __init__(self, hidden: int = 8, num_classes: int = 1000):
+class VGG(nn.Module):
+    """torchvision's VGG without BatchNorm for a layer config (`features` from make_layers),
+    with the classifier narrowed (hidden width 8)."""
+
+    def __init__(self, cfg, hidden: int = 8, num_classes: int = 1000):
         super().__init__()
         layers, channels = [], 3
-        for v in VGG19_CFG:
+        for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
@@ -43,6 +46,11 @@ class VGG19(nn.Module):
             nn.Dropout(),
             nn.Linear(hidden, num_classes),
         )
+
+
+class VGG19(VGG):
+    def __init__(self, hidden: int = 8, num_classes: int = 1000):
+        super().__init__(VGG19_CFG, hidden, num_classes)
 
 
 def fomm_vgg19_features(vgg: VGG19, x: torch.Tensor) -> list[torch.Tensor]:

@@ -42,6 +42,7 @@ from maskrenderer_jax.cli_errors import UserError
 from maskrenderer_jax.face3d import morphable_model as mm
 from maskrenderer_jax.face3d.branch import branch_inputs
 from maskrenderer_jax.inference.reenact import Reenactor
+from maskrenderer_jax.models import maskrenderer as mr
 
 FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -116,9 +117,9 @@ def export_stablehlo(fn, sig: Signature) -> bytes:
 def export_onnx(fn, sig: Signature):
     """An onnx.ModelProto of `fn` (jax2onnx), inputs named as `sig`, output 'prediction'.
 
-    jax2onnx gets the jaxpr of `fn`, traced here: its own tracing patches flax.linen (its
-    avg_pool stand-in takes window_shape by keyword only, and its stand-ins have no vmap
-    rule), while the jaxpr's primitives all have converters."""
+    jax2onnx gets the jaxpr of `fn`, traced here, so that only its per-primitive converters
+    see it: its own tracing patches stand-ins over flax.linen functions, and these fail on our
+    modules (its avg_pool takes window_shape by keyword only; none has a vmap rule)."""
     for noisy in ("jax2onnx", "onnx_ir"):  # optional plugins' imports, untyped constants
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from jax.extend.core import jaxpr_as_fun
@@ -239,7 +240,7 @@ def main(argv=None) -> dict:
     model = load_model(argparse.Namespace(checkpoint=model_path, config=args.config,
                                           step=args.step, precision="float32"))  # fmt: skip
     config = model.config
-    uses_3d = Reenactor(config.model).uses_3d
+    uses_3d = mr.build_model(config.model).uses_3d
     face_model = load_face_model(args, config) if uses_3d else None
     onnx = args.format == "onnx"
     sig = signature(config.model.image_size, uses_3d=uses_3d, branch_outputs=onnx, batch=batch)

@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint bench-inference bench-train clean
 
-$(STAMP): requirements.txt requirements-eval.txt requirements-reference.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-eval.txt requirements-reference.txt requirements-dev.txt \
+		requirements-export.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-reference.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-export.txt
 	touch $(STAMP)
 
 # The demo job: trains configs/demo.py (MaskRenderer, 64 px) from scratch on the embedded

@@ -27,6 +27,22 @@ def test_warp_matches_grid_sample_align_corners(shape):
     np.testing.assert_allclose(got, torch_utils.nhwc(expected), atol=1e-5)
 
 
+def test_inverse_2x2_matches_torch_inverse():
+    """FOMM inverts the keypoint jacobians with torch.inverse (LU); ours is the closed form,
+    as exact: its error from the float64 inverse is within a few float32 ulps times the
+    condition number."""
+    rng = np.random.default_rng(0)
+    jacobians = (np.eye(2) + 0.5 * rng.normal(size=(3, 10, 2, 2))).astype(np.float32)
+    jacobians[0, 0] = [[1e-3, 2.0], [-3.0, 0.5]]  # a near-zero pivot
+    got = np.asarray(layers.inverse_2x2(jnp.asarray(jacobians)))
+    np.testing.assert_allclose(got, torch.inverse(torch.from_numpy(jacobians)), rtol=1e-4)
+    exact = np.linalg.inv(jacobians.astype(np.float64))
+    error = np.abs(got - exact).max(axis=(-2, -1)) / np.abs(exact).max(axis=(-2, -1))
+    condition = np.linalg.cond(jacobians.astype(np.float64))
+    assert condition.max() > 100  # the draw holds ill-conditioned ones
+    assert (error / condition).max() < 4 * np.finfo(np.float32).eps
+
+
 def test_warp_identity_grid_and_extra_spatial_dims():
     image = jax.random.uniform(jax.random.key(0), (2, 8, 10, 3))
     grid = jnp.broadcast_to(layers.coordinate_grid(8, 10), (2, 4, 8, 10, 2))

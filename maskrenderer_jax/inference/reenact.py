@@ -18,6 +18,7 @@ from scipy.spatial import ConvexHull
 from maskrenderer_jax.face3d import morphable_model as mm
 from maskrenderer_jax.face3d.branch import branch_inputs
 from maskrenderer_jax.models import maskrenderer as mr
+from maskrenderer_jax.models.layers import inverse_2x2
 
 
 def movement_scale(kp_source: dict, kp_driving_initial: dict) -> float:
@@ -43,7 +44,7 @@ def _relative(kp_source: dict, kp_driving: dict, kp_driving_initial: dict, scale
     out["value"] = kp_source["value"] + (kp_driving["value"] - kp_driving_initial["value"]) * scale
     if all("jacobian" in kp for kp in (kp_source, kp_driving, kp_driving_initial)):
         # FOMM: matmul(J_d, inverse(J_d0)) then matmul(., J_s), float32 as the keypoints.
-        inverse = jnp.linalg.inv(kp_driving_initial["jacobian"])
+        inverse = inverse_2x2(kp_driving_initial["jacobian"])
         change = jnp.einsum("...ij,...jk->...ik", kp_driving["jacobian"], inverse)
         out["jacobian"] = jnp.einsum("...ij,...jk->...ik", change, kp_source["jacobian"])
     return out
@@ -124,13 +125,13 @@ class Reenactor:
 
     def _chunk_fn(self, variables, face_model, source, kp_source, source_features, kp_initial,
                   scale, driving, source_coeffs, driving_coeffs, initial_coeffs, *,
-                  relative: bool):  # fmt: skip
+                  relative: bool, inputs_3d: dict | None = None):  # fmt: skip
         n = driving.shape[0]
         kp_driving = self._detect_fn(variables, driving)
         if relative:
             kp_driving = _relative(kp_source, kp_driving, kp_initial, scale)
-        extra = {}
-        if self.uses_3d:
+        extra = inputs_3d or {}
+        if self.uses_3d and inputs_3d is None:
             extra = branch_inputs(
                 face_model,
                 _tile(source_coeffs[None], n),
@@ -149,6 +150,40 @@ class Reenactor:
             method=mr.MaskRenderer.animate,
         )
         return out["prediction"].astype(jnp.float32)
+
+    def frames(
+        self,
+        variables: dict,
+        source: jax.Array,
+        driving_initial: jax.Array,
+        driving: jax.Array,
+        *,
+        face_model: mm.MorphableModel | None = None,
+        source_coeffs: jax.Array | None = None,
+        driving_coeffs: jax.Array | None = None,
+        initial_coeffs: jax.Array | None = None,
+        inputs_3d: dict | None = None,
+    ) -> jax.Array:
+        """A stream's whole work for a batch of driving frames as one traceable function of
+        arrays (what converters.portable exports): the source's keypoints and features, the
+        reference frame's keypoints, then the chunk program; relative motion, scale 1 (with
+        `driving_initial` = `source` it is absolute motion, up to float rounding).
+
+        Args:
+          source, driving_initial: [H, W, 3] float32 in [0, 1].
+          driving: [B, H, W, 3] float32 in [0, 1].
+          face_model, source_coeffs [257], driving_coeffs [B, 257], initial_coeffs [257]: the
+            3D branch's inputs (3D-branch models), or `inputs_3d`: its outputs
+            (`branch_inputs`: motion_3d [B, H, W, 2], coverage_3d [B, H, W], rendered_3d
+            [B, H, W, 3]).
+        Returns:
+          [B, H, W, 3] float32.
+        """
+        kp_source, features = self._source_fn(variables, source[None])
+        kp_initial = self._detect_fn(variables, driving_initial[None])
+        return self._chunk_fn(variables, face_model, source, kp_source, features, kp_initial,
+                              1.0, driving, source_coeffs, driving_coeffs, initial_coeffs,
+                              relative=True, inputs_3d=inputs_3d)  # fmt: skip
 
     def start(
         self,

@@ -14,6 +14,7 @@ from maskrenderer_jax.models.layers import (
     Hourglass,
     UpBlock,
     coordinate_grid,
+    inverse_2x2,
     kp2gaussian,
     resize_bilinear,
     warp,
@@ -31,7 +32,7 @@ def sparse_motions(height: int, width: int, kp_driving: dict, kp_source: dict) -
     grid = coordinate_grid(height, width)
     offset = grid[None, None] - kp_driving["value"][:, :, None, None, :]
     if "jacobian" in kp_driving:
-        jacobian = kp_source["jacobian"] @ jnp.linalg.inv(kp_driving["jacobian"])
+        jacobian = kp_source["jacobian"] @ inverse_2x2(kp_driving["jacobian"])
         offset = jnp.einsum("bkij,bkhwj->bkhwi", jacobian, offset)
     driving_to_source = offset + kp_source["value"][:, :, None, None, :]
     identity = jnp.broadcast_to(grid, (offset.shape[0], 1, height, width, 2))

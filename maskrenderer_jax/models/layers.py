@@ -24,6 +24,16 @@ def coordinate_grid(height: int, width: int) -> jax.Array:
     return jnp.stack(jnp.broadcast_arrays(x[None, :], y[:, None]), axis=-1)
 
 
+def inverse_2x2(matrix: jax.Array) -> jax.Array:
+    """[..., 2, 2] -> their inverses, adjugate / determinant (torch.inverse of the keypoint
+    jacobians). Closed form rather than jnp.linalg.inv: no LU (a LAPACK / cuSOLVER custom call
+    in an exported program, and no ONNX conversion of a batched LU), and exact to float32."""
+    a, b = matrix[..., 0, 0], matrix[..., 0, 1]
+    c, d = matrix[..., 1, 0], matrix[..., 1, 1]
+    adjugate = jnp.stack([jnp.stack([d, -b], axis=-1), jnp.stack([-c, a], axis=-1)], axis=-2)
+    return adjugate / (a * d - b * c)[..., None, None]
+
+
 def kp2gaussian(kp_value: jax.Array, height: int, width: int, variance: float) -> jax.Array:
     """Gaussian blob per keypoint, as FOMM's kp2gaussian.
 

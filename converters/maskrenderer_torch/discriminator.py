@@ -41,7 +41,6 @@ class Discriminator(nn.Module):
         use_kp=False,
         num_kp=10,
         kp_variance=0.01,
-        **kwargs,
     ):
         super().__init__()
         blocks = []

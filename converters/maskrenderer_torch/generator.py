@@ -1,15 +1,27 @@
-"""The occlusion-aware generator (FOMM's OcclusionAwareGenerator)."""
+"""The occlusion-aware generator: FOMM's (warp the bottleneck features only) and MaskRenderer's
+(warp and gate the encoder features of every level, decode with skip concatenation)."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from converters.maskrenderer_torch.dense_motion import DenseMotionNetwork
-from converters.maskrenderer_torch.layers import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
+from converters.maskrenderer_torch.layers import (
+    DownBlock2d,
+    ResBlock2d,
+    SameBlock2d,
+    UpBlock2d,
+    deform,
+    resize_bilinear,
+)
 
 
 class OcclusionAwareGenerator(nn.Module):
-    """Encoder -> warp (dense motion) * occlusion -> residual bottleneck -> decoder."""
+    """Encoder -> warp by the dense motion -> occlusion gating -> ResBlocks -> decoder.
+
+    `skip_connections=False` is FOMM's generator; `skip_connections=True` is MaskRenderer's:
+    every encoder level l (0 = full resolution) is warped and multiplied by its occlusion mask
+    O_l, and the decoder concatenates level l's warped features after its up-block.
+    """
 
     def __init__(
         self,
@@ -19,97 +31,104 @@ class OcclusionAwareGenerator(nn.Module):
         max_features,
         num_down_blocks,
         num_bottleneck_blocks,
+        dense_motion_params,
         estimate_occlusion_map=False,
-        dense_motion_params=None,
-        estimate_jacobian=False,
+        skip_connections=False,
     ):
         super().__init__()
-        if dense_motion_params is not None:
-            self.dense_motion_network = DenseMotionNetwork(
-                num_kp=num_kp,
-                num_channels=num_channels,
-                estimate_occlusion_map=estimate_occlusion_map,
-                **dense_motion_params,
-            )
-        else:
-            self.dense_motion_network = None
+        self.dense_motion_network = DenseMotionNetwork(
+            num_kp=num_kp,
+            num_channels=num_channels,
+            estimate_occlusion_map=estimate_occlusion_map,
+            **dense_motion_params,
+        )
+
+        def features(level):
+            return min(max_features, block_expansion * 2**level)
 
         self.first = SameBlock2d(num_channels, block_expansion, kernel_size=(7, 7), padding=(3, 3))
-
         self.down_blocks = nn.ModuleList(
-            [
-                DownBlock2d(
-                    min(max_features, block_expansion * 2**i),
-                    min(max_features, block_expansion * 2 ** (i + 1)),
-                    kernel_size=(3, 3),
-                    padding=(1, 1),
-                )
-                for i in range(num_down_blocks)
-            ]
+            DownBlock2d(features(i), features(i + 1), kernel_size=(3, 3), padding=(1, 1))
+            for i in range(num_down_blocks)
         )
-
+        # With skips, up-block i > 0 also reads the warped features of level num_down_blocks - i.
+        skip = 2 if skip_connections else 1
         self.up_blocks = nn.ModuleList(
-            [
-                UpBlock2d(
-                    min(max_features, block_expansion * 2 ** (num_down_blocks - i)),
-                    min(max_features, block_expansion * 2 ** (num_down_blocks - i - 1)),
-                    kernel_size=(3, 3),
-                    padding=(1, 1),
-                )
-                for i in range(num_down_blocks)
-            ]
+            UpBlock2d(
+                features(num_down_blocks - i) * (skip if i else 1),
+                features(num_down_blocks - i - 1),
+                kernel_size=(3, 3),
+                padding=(1, 1),
+            )
+            for i in range(num_down_blocks)
         )
-
         self.bottleneck = nn.Sequential()
-        bottleneck_features = min(max_features, block_expansion * 2**num_down_blocks)
         for i in range(num_bottleneck_blocks):
             self.bottleneck.add_module(
-                "r" + str(i), ResBlock2d(bottleneck_features, kernel_size=(3, 3), padding=(1, 1))
+                "r" + str(i),
+                ResBlock2d(features(num_down_blocks), kernel_size=(3, 3), padding=(1, 1)),
             )
+        self.final = nn.Conv2d(
+            block_expansion * skip, num_channels, kernel_size=(7, 7), padding=(3, 3)
+        )
+        self.skip_connections = skip_connections
 
-        self.final = nn.Conv2d(block_expansion, num_channels, kernel_size=(7, 7), padding=(3, 3))
-        self.estimate_occlusion_map = estimate_occlusion_map
-        self.num_channels = num_channels
-
-    def deform_input(self, inp, deformation):
-        _, h_old, w_old, _ = deformation.shape
-        _, _, h, w = inp.shape
-        if (h_old, w_old) != (h, w):
-            deformation = F.interpolate(
-                deformation.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=False
-            ).permute(0, 2, 3, 1)
-        return F.grid_sample(inp, deformation, align_corners=True)  # torch 1.0 behaviour
-
-    def forward(self, source_image, kp_driving, kp_source):
-        out = self.first(source_image)
+    def encode(self, source_image):
+        """Encoder features, finest first: level l is [B, C_l, H/2^l, W/2^l]."""
+        feats = [self.first(source_image)]
         for block in self.down_blocks:
+            feats.append(block(feats[-1]))
+        return feats
+
+    def forward(
+        self,
+        source_image,
+        kp_driving,
+        kp_source,
+        extra_motions=None,
+        extra_motion_weights=None,
+        extra_inputs=None,
+    ):
+        """Renders the source with the driving motion.
+
+        Args:
+          source_image: [B, 3, H, W] in [0, 1].
+          kp_driving, kp_source: {'value': [B, K, 2], 'jacobian': [B, K, 2, 2]}.
+          extra_motions, extra_motion_weights, extra_inputs: see DenseMotionNetwork.
+        Returns:
+          the dense-motion outputs plus 'prediction' [B, 3, H, W] in (0, 1), 'deformed' (the
+          source warped by the deformation) and 'warped_features' (the warped, gated source
+          features of each warped level, finest first).
+        """
+        feats = self.encode(source_image)
+        motion = self.dense_motion_network(
+            source_image,
+            kp_driving,
+            kp_source,
+            extra_motions=extra_motions,
+            extra_motion_weights=extra_motion_weights,
+            extra_inputs=extra_inputs,
+        )
+        deformation, occlusion = motion["deformation"], motion["occlusion_maps"]
+        last = len(feats) - 1
+        warped_levels = range(len(feats)) if self.skip_connections else [last]
+        warped = {}
+        for level in warped_levels:
+            out = deform(feats[level], deformation)
+            if occlusion:
+                # One mask per level (multi-scale), else FOMM's single mask resized.
+                mask = occlusion[level] if len(occlusion) > 1 else occlusion[0]
+                out = out * resize_bilinear(mask, out.shape[2:])
+            warped[level] = out
+
+        out = self.bottleneck(warped[last])
+        for i, block in enumerate(self.up_blocks):
             out = block(out)
-
-        output_dict = {}
-        if self.dense_motion_network is not None:
-            dense_motion = self.dense_motion_network(
-                source_image=source_image, kp_driving=kp_driving, kp_source=kp_source
-            )
-            output_dict["mask"] = dense_motion["mask"]
-            output_dict["sparse_deformed"] = dense_motion["sparse_deformed"]
-            occlusion_map = dense_motion.get("occlusion_map")
-            if occlusion_map is not None:
-                output_dict["occlusion_map"] = occlusion_map
-            deformation = dense_motion["deformation"]
-            output_dict["deformation"] = deformation  # extra key, not in FOMM
-
-            out = self.deform_input(out, deformation)
-            if occlusion_map is not None:
-                if out.shape[2:] != occlusion_map.shape[2:]:
-                    occlusion_map = F.interpolate(
-                        occlusion_map, size=out.shape[2:], mode="bilinear", align_corners=False
-                    )
-                out = out * occlusion_map
-
-            output_dict["deformed"] = self.deform_input(source_image, deformation)
-
-        out = self.bottleneck(out)
-        for block in self.up_blocks:
-            out = block(out)
-        output_dict["prediction"] = torch.sigmoid(self.final(out))
-        return output_dict
+            if self.skip_connections:
+                out = torch.cat([out, warped[last - 1 - i]], dim=1)
+        return {
+            **motion,
+            "prediction": torch.sigmoid(self.final(out)),
+            "deformed": deform(source_image, deformation),
+            "warped_features": [warped[level] for level in warped_levels],
+        }

@@ -12,7 +12,8 @@ from converters.maskrenderer_torch.layers import (
 
 
 class KPDetector(nn.Module):
-    """Keypoint detector: soft-argmax of hourglass heatmaps (+ local jacobians)."""
+    """Keypoint detector: soft-argmax of hourglass heatmaps (+ local jacobians); `attention`:
+    CBAM on the hourglass skips (MaskRenderer's FFD)."""
 
     def __init__(
         self,
@@ -26,6 +27,7 @@ class KPDetector(nn.Module):
         scale_factor=1,
         single_jacobian_map=False,
         pad=0,
+        attention=False,
     ):
         super().__init__()
         self.predictor = Hourglass(
@@ -33,6 +35,7 @@ class KPDetector(nn.Module):
             in_features=num_channels,
             max_features=max_features,
             num_blocks=num_blocks,
+            attention=attention,
         )
         self.kp = nn.Conv2d(self.predictor.out_filters, num_kp, kernel_size=(7, 7), padding=pad)
 
@@ -64,10 +67,12 @@ class KPDetector(nn.Module):
         return {"value": value}
 
     def forward(self, x):
+        """x: [B, 3, H, W] in [0, 1] -> {'value': [B, K, 2] (x, y) in [-1, 1],
+        'jacobian': [B, K, 2, 2] (when estimate_jacobian)}."""
         if self.scale_factor != 1:
             x = self.down(x)
 
-        feature_map = self.predictor(x)
+        feature_map = self.predictor(x)[-1]
         prediction = self.kp(feature_map)
 
         b, k, h, w = prediction.shape

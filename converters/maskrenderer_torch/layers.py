@@ -116,39 +116,102 @@ class Encoder(nn.Module):
         return outs
 
 
-class Decoder(nn.Module):
-    """Hourglass decoder; concatenates skips (up-path first, skip second)."""
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al. 2018): channel then spatial attention.
 
-    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256):
+    Channel: a shared MLP (C -> C/r -> C) on the average- and max-pooled features, summed,
+    sigmoid. Spatial: a 7x7 conv on the channel-wise average and max, sigmoid.
+    """
+
+    def __init__(self, channels, reduction=16, spatial_kernel=7):
         super().__init__()
-        blocks = []
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+        self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2)
+
+    def forward(self, x):
+        """x: [B, C, H, W] -> [B, C, H, W]."""
+
+        def mlp(v):
+            return self.fc2(F.relu(self.fc1(v)))
+
+        gate = torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))
+        x = x * gate[:, :, None, None]
+        stats = torch.stack([x.mean(dim=1), x.amax(dim=1)], dim=1)
+        return x * torch.sigmoid(self.spatial(stats))
+
+
+class Decoder(nn.Module):
+    """Hourglass decoder; concatenates skips (up-path first, skip second). With `attention`
+    (MaskRenderer) every feature skip passes through CBAM (`attention.i` for up-block i); the
+    input itself (the last skip: images, heatmaps) does not.
+
+    `level_channels`: the channels of each level's output, coarsest first.
+    """
+
+    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256,
+                 attention=False):  # fmt: skip
+        super().__init__()
+        blocks, self.level_channels = [], []
         for i in reversed(range(num_blocks)):
             mult = 1 if i == num_blocks - 1 else 2
             cin = mult * min(max_features, block_expansion * 2 ** (i + 1))
             cout = min(max_features, block_expansion * 2**i)
             blocks.append(UpBlock2d(cin, cout, kernel_size=3, padding=1))
+            self.level_channels.append(cout + (cout if i else in_features))
         self.up_blocks = nn.ModuleList(blocks)
+        self.attention = None
+        if attention:
+            self.attention = nn.ModuleList(
+                CBAM(min(max_features, block_expansion * 2**level))
+                for level in reversed(range(1, num_blocks))
+            )
         self.out_filters = block_expansion + in_features
 
     def forward(self, x):
+        """x: the encoder's outputs -> every level's output, coarsest first (FOMM's hourglass
+        output is the last)."""
         skips = list(x)  # do not mutate the caller's list
         out = skips.pop()
-        for block in self.up_blocks:
-            out = torch.cat([block(out), skips.pop()], dim=1)
-        return out
+        outs = []
+        for i, block in enumerate(self.up_blocks):
+            skip = skips.pop()
+            level = len(self.up_blocks) - 1 - i  # 0: the input itself, no attention
+            if self.attention is not None and level > 0:
+                skip = self.attention[i](skip)
+            out = torch.cat([block(out), skip], dim=1)
+            outs.append(out)
+        return outs
 
 
 class Hourglass(nn.Module):
-    """U-Net style encoder/decoder."""
+    """U-Net style encoder/decoder; returns the decoder's levels, coarsest first (the last is
+    FOMM's output, `out_filters` channels at the input's resolution)."""
 
-    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256):
+    def __init__(self, block_expansion, in_features, num_blocks=3, max_features=256,
+                 attention=False):  # fmt: skip
         super().__init__()
         self.encoder = Encoder(block_expansion, in_features, num_blocks, max_features)
-        self.decoder = Decoder(block_expansion, in_features, num_blocks, max_features)
+        self.decoder = Decoder(block_expansion, in_features, num_blocks, max_features, attention)
         self.out_filters = self.decoder.out_filters
 
     def forward(self, x):
         return self.decoder(self.encoder(x))
+
+
+def resize_bilinear(x, size):
+    """[B, C, h, w] -> [B, C, *size], FOMM's bilinear resize (align_corners=False)."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def deform(inputs, deformation):
+    """Warps [B, C, H, W] by a deformation [B, h, w, 2] of any resolution (resized bilinearly,
+    as FOMM's deform_input)."""
+    deformation = resize_bilinear(deformation.permute(0, 3, 1, 2), inputs.shape[2:])
+    return F.grid_sample(inputs, deformation.permute(0, 2, 3, 1), align_corners=True)
 
 
 class AntiAliasInterpolation2d(nn.Module):

@@ -53,7 +53,8 @@ def torch_nets(config, state, frozen):
     variables = {"params": state.generator, "batch_stats": state.generator_stats}
     disc = {"params": state.discriminator, "batch_stats": state.discriminator_stats}
     exported = fomm.export_checkpoint({"model": variables, "discriminator": disc}, config.model)
-    nets = maskrenderer_torch.build_fomm(torch_utils.fomm_model_params(config.model))
+    maskrenderer, discriminator = maskrenderer_torch.build(config.model.to_dict())
+    nets = (maskrenderer.kp_detector, maskrenderer.generator, discriminator)
     for net, name in zip(nets, ("kp_detector", "generator", "discriminator"), strict=True):
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in exported[name].items()})
     vgg = vgg_torch.VGG19()

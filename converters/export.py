@@ -33,11 +33,13 @@ PARITY_ATOL = 1e-4
 
 def export_tensors(networks: dict, model_config, dtype: str = "float32") -> dict[str, np.ndarray]:
     """{'model': variables, 'discriminator': variables|None} -> {'<network>.<key>': array};
-    floating tensors in `dtype` ('float32' or 'bfloat16')."""
+    the variables in `dtype` ('float32' or 'bfloat16'). FOMM's fixed anti-alias kernels stay
+    float32: they are the model's constants, checked on import, not trained values."""
+    fixed = fomm.derived_buffers(model_config)
     out = {}
     for network, state in fomm.export_checkpoint(networks, model_config).items():
         for key, value in state.items():
-            if dtype != "float32" and value.dtype == np.float32:
+            if value.dtype == np.float32 and key not in fixed.get(network, {}):
                 value = value.astype(jax.numpy.dtype(dtype))
             out[f"{network}.{key}"] = value
     return out

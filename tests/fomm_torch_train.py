@@ -27,7 +27,7 @@ class FommTrainStep:
     equivariance_jacobian, disc_gan). `probe` = one step's losses, gradients and BatchNorm
     statistics without the updates.
 
-    nets: (kp_detector, generator, discriminator) from maskrenderer_torch.build_fomm (put in train
+    nets: (kp_detector, generator, discriminator) from torch_utils.random_fomm (put in train
     mode here); loss / optim: a config's `loss` and `optim` sections (attribute access).
     """
 

@@ -1,5 +1,5 @@
-"""Glue between the project's configs and the PyTorch networks (converters.maskrenderer_torch):
-FOMM yaml parameters of a config, deterministic random weights, NCHW/NHWC conversions."""
+"""Test glue for the PyTorch networks (converters.maskrenderer_torch): deterministic random
+weights, FOMM-style checkpoints, NCHW/NHWC conversions, FOMM's reconstruction forward."""
 
 import math
 
@@ -12,63 +12,10 @@ from converters import maskrenderer_torch as mt
 from converters.maskrenderer_torch.layers import ResBlock2d
 
 
-def fomm_model_params(model) -> dict:
-    """A FOMM yaml `model_params` dict equivalent to a config's FOMM-shaped `model` section."""
-    kp, dm, gen, disc = model.kp_detector, model.dense_motion, model.generator, model.discriminator
-    return {
-        "common_params": {
-            "num_kp": model.num_kp,
-            "num_channels": 3,
-            "estimate_jacobian": kp.estimate_jacobian,
-        },
-        "kp_detector_params": {
-            k: kp[k]
-            for k in (
-                "temperature",
-                "block_expansion",
-                "max_features",
-                "scale_factor",
-                "num_blocks",
-                "single_jacobian_map",
-                "pad",
-            )
-        },
-        "generator_params": {
-            **{
-                k: gen[k]
-                for k in (
-                    "block_expansion",
-                    "max_features",
-                    "num_down_blocks",
-                    "num_bottleneck_blocks",
-                )
-            },
-            "estimate_occlusion_map": dm.estimate_occlusion_map,
-            "dense_motion_params": {
-                k: dm[k]
-                for k in (
-                    "block_expansion",
-                    "max_features",
-                    "num_blocks",
-                    "scale_factor",
-                    "kp_variance",
-                )
-            },
-        },
-        "discriminator_params": {
-            "scales": list(disc.scales),
-            "use_kp": disc.use_kp,
-            **{
-                k: disc[k]
-                for k in ("block_expansion", "max_features", "num_blocks", "sn", "kp_variance")
-            },
-        },
-    }
-
-
 def random_fomm(model, seed: int = 0):
     """(kp_detector, generator, discriminator) torch modules in eval mode, random weights."""
-    nets = mt.build_fomm(fomm_model_params(model))
+    maskrenderer, discriminator = mt.build(model.to_dict())
+    nets = (maskrenderer.kp_detector, maskrenderer.generator, discriminator)
     for i, net in enumerate(nets):
         randomize_(net, seed + i)
     return nets
@@ -111,7 +58,7 @@ def torch_probe(nets, source: np.ndarray, driving: np.ndarray) -> dict[str, np.n
         "kp_driving_value": kp_d["value"].numpy(),
         "kp_driving_jacobian": kp_d["jacobian"].numpy(),
         "deformation": out["deformation"].numpy(),
-        "occlusion_map": nhwc(out["occlusion_map"]),
+        "occlusion_map": nhwc(out["occlusion_maps"][0]),
         "prediction": nhwc(out["prediction"]),
         "mask": nhwc(out["mask"]),
         "deformed": nhwc(out["deformed"]),
@@ -159,7 +106,8 @@ def randomize_(module, seed):
             if m.jacobian is not None:
                 jacobian_convs.add(id(m.jacobian))
         elif isinstance(m, mt.DenseMotionNetwork):
-            head_convs.update(id(c) for c in (m.mask, m.occlusion) if c is not None)
+            occlusion = m.occlusion if isinstance(m.occlusion, nn.ModuleList) else [m.occlusion]
+            head_convs.update(id(c) for c in (m.mask, *occlusion) if c is not None)
         elif isinstance(m, mt.OcclusionAwareGenerator):
             head_convs.add(id(m.final))
         elif isinstance(m, mt.Discriminator):

@@ -21,13 +21,17 @@ import ml_collections
 import numpy as np
 
 from converters import cli, fomm, torch_layout
-from maskrenderer_jax import cli_errors, output_files, params_io
+from converters.export_format import (
+    FORMATS,
+    NETWORKS,
+    export_config,
+    read_export,
+    write_export,
+)
+from maskrenderer_jax import cli_errors, params_io
 from maskrenderer_jax.models import layers
 from maskrenderer_jax.models import maskrenderer as mr
 
-NETWORKS = (*fomm.REQUIRED, "discriminator")
-FORMATS = ("safetensors", "npz")
-NPZ_METADATA = "__metadata__."  # npz keys of the metadata strings (0-d str arrays)
 PARITY_ATOL = 1e-4
 
 
@@ -50,34 +54,12 @@ def export_metadata(networks: dict, model_config) -> dict[str, str]:
     return {"config": model_config.to_json_best_effort(), "networks": ",".join(present)}
 
 
-def write_export(path: str, tensors: dict, metadata: dict[str, str], file_format: str) -> None:
-    """Writes the file atomically (an interrupted write leaves no half file)."""
-    with output_files.replacing(path) as tmp:
-        if file_format == "npz":
-            with open(tmp, "wb") as f:  # a file object: numpy appends no '.npz'
-                np.savez(
-                    f, **tensors, **{NPZ_METADATA + k: np.str_(v) for k, v in metadata.items()}
-                )
-        else:
-            import safetensors.numpy
-
-            safetensors.numpy.save_file(tensors, str(tmp), metadata=metadata)
-
-
-def read_export(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(tensors, metadata) of an export; the torch package's reader (no torch needed)."""
-    from converters.maskrenderer_torch.maskrenderer import read_export as read
-
-    return read(path)
-
-
 def import_tensors(
     tensors: dict[str, np.ndarray], metadata: dict[str, str], source: str, model_config=None
 ) -> tuple[dict, ml_collections.ConfigDict]:
     """An export's tensors -> ({'model': variables, 'discriminator': variables|None}, the model
     config). With `model_config`, the file's config must be that one. Raises ConversionError
     listing every config difference and every missing, unexpected or mismatched tensor."""
-    from converters.maskrenderer_torch.maskrenderer import export_config
     from maskrenderer_jax.train.checkpoint import model_differences
 
     file_config = ml_collections.ConfigDict(export_config(metadata, source))
@@ -269,6 +251,8 @@ def main(argv=None) -> None:
         described = f"{args.workdir} step {step}"
     else:
         networks = params_io.load_variables(args.variables)
+        if "params" in networks:  # the generator side alone (e.g. mr.init_variables)
+            networks = {"model": networks}
         networks.setdefault("discriminator", None)
         model_config, described = config, f"variables {args.variables}"
     tensors = export_tensors(networks, model_config, args.dtype)

@@ -3,6 +3,8 @@ bf16 exports, the PyTorch networks against ours to 1e-4 (random and trained weig
 MaskRenderer, the discriminator), and files that do not fit: one error listing everything."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -13,7 +15,7 @@ import pytest
 import torch_utils
 
 from configs import tiny
-from converters import export, torch_layout
+from converters import export, export_format, torch_layout
 from converters import maskrenderer_torch as mt
 from maskrenderer_jax import params_io
 from maskrenderer_jax.models import maskrenderer as mr
@@ -55,7 +57,9 @@ def assert_trees_equal(a, b):
 
 def write(path, networks, model_config, file_format="safetensors", dtype="float32"):
     tensors = export.export_tensors(networks, model_config, dtype)
-    export.write_export(path, tensors, export.export_metadata(networks, model_config), file_format)
+    export_format.write_export(
+        path, tensors, export.export_metadata(networks, model_config), file_format
+    )
 
 
 @pytest.mark.parametrize("file_format", ["safetensors", "npz"])
@@ -63,7 +67,7 @@ def test_export_imports_back_bit_for_bit(tiny_mr, tmp_path, file_format):
     model_config, networks = tiny_mr
     path = tmp_path / f"model.{file_format}"
     write(path, networks, model_config, file_format)
-    tensors, metadata = export.read_export(path)
+    tensors, metadata = export_format.read_export(path)
     assert json.loads(metadata["config"]) == json.loads(model_config.to_json_best_effort())
     assert metadata["networks"] == ALL
     assert {k.split(".")[0] for k in tensors} == set(ALL.split(","))
@@ -93,7 +97,7 @@ def test_bfloat16_export_rounds_to_bfloat16_only(tiny_mr, tmp_path):
     model_config, networks = tiny_mr
     path = tmp_path / "model.safetensors"
     write(path, networks, model_config, dtype="bfloat16")
-    tensors, metadata = export.read_export(path)
+    tensors, metadata = export_format.read_export(path)
     dtypes = {k: v.dtype.name for k, v in tensors.items()}
     fixed = {k for k in tensors if k.endswith("down.weight")}  # the anti-alias constants
     assert {dtypes[k] for k in fixed} == {"float32"} and len(fixed) == 2
@@ -195,7 +199,7 @@ def test_workdir_export_of_trained_weights_matches_in_torch(trained_workdir, tmp
     export.main(["--workdir", str(workdir), "--out", str(out), "--check-torch"])
     printed = capsys.readouterr().out
     assert "step 20" in printed and "PyTorch vs JAX, max |difference|" in printed
-    tensors, metadata = export.read_export(out)
+    tensors, metadata = export_format.read_export(out)
     networks, _ = export.import_tensors(tensors, metadata, str(out))
     assert_trees_equal(jax.tree.map(np.asarray, trained), networks)
     held_out = export.probe_inputs(tiny.get_config().model, batch=3, seed=7)
@@ -228,10 +232,10 @@ def test_missing_extra_and_misshapen_tensors_are_one_error(tiny_mr, tmp_path):
     tensors["stray"] = np.zeros(1, np.float32)
     tensors["kp_detector.kp.weight"] = tensors["kp_detector.kp.weight"][:2]
     path = tmp_path / "bad.safetensors"
-    export.write_export(path, tensors, export.export_metadata(networks, model_config),
+    export_format.write_export(path, tensors, export.export_metadata(networks, model_config),
                         "safetensors")  # fmt: skip
     with pytest.raises(torch_layout.ConversionError) as info:
-        export.import_tensors(*export.read_export(path), str(path))
+        export.import_tensors(*export_format.read_export(path), str(path))
     message = str(info.value)
     for item in ("unexpected stray (no network 'stray')", "final.bias", "extra.weight",
                  "conv.bias", "kp.weight: checkpoint (2, "):  # fmt: skip
@@ -251,7 +255,7 @@ def test_a_file_that_is_no_export_names_itself(tmp_path):
     path = tmp_path / "junk.safetensors"
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="junk.safetensors: not a readable export"):
-        export.read_export(path)
+        export_format.read_export(path)
 
 
 def test_readme_exporting_example_runs(tiny_mr, tmp_path, monkeypatch):
@@ -265,3 +269,16 @@ def test_readme_exporting_example_runs(tiny_mr, tmp_path, monkeypatch):
     exec(code, namespace)
     frame = namespace["frame"]
     assert frame.shape == (1, 3, 64, 64) and 0 < float(frame.min()) <= float(frame.max()) < 1
+
+
+def test_the_torch_package_loads_without_jax(tiny_mr, tmp_path):
+    """PyTorch users need torch and safetensors, not JAX."""
+    model_config, networks = tiny_mr
+    write(tmp_path / "model.safetensors", networks, model_config)
+    code = ("import sys; sys.modules['jax'] = sys.modules['flax'] = None\n"
+            "from converters import maskrenderer_torch\n"
+            "print(maskrenderer_torch.load(sys.argv[1]).config['num_kp'])")  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.safetensors")],
+                         cwd=root, capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "4"

@@ -1,7 +1,6 @@
 """MaskRenderer wired in PyTorch (keypoint detector + generator, which owns the dense motion),
 built from a config's `model` section and loaded from `python -m converters.export` files."""
 
-import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -9,11 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from converters.export_format import DISCRIMINATOR, export_config, read_export
 from converters.maskrenderer_torch.discriminator import MultiScaleDiscriminator
 from converters.maskrenderer_torch.generator import OcclusionAwareGenerator
 from converters.maskrenderer_torch.keypoints import KPDetector
-
-DISCRIMINATOR = "discriminator"  # the export's prefix of the discriminator's tensors
 
 
 class MaskRenderer(nn.Module):
@@ -91,37 +89,6 @@ class Exported(NamedTuple):
     model: MaskRenderer
     discriminator: MultiScaleDiscriminator | None  # None when the export has none
     config: dict  # the model section the networks were built from
-
-
-def read_export(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(tensors, metadata) of a .safetensors or .npz export, as numpy (bfloat16 stays)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-            prefix = "__metadata__."
-            metadata = {k[len(prefix) :]: str(v) for k, v in arrays.items() if k.startswith(prefix)}
-            return {k: v for k, v in arrays.items() if not k.startswith(prefix)}, metadata
-        from safetensors import safe_open
-
-        with safe_open(path, "numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except Exception as e:  # safetensors raises its own error types; numpy ValueError/OSError
-        raise ValueError(f"{path}: not a readable export ({type(e).__name__}: {e})") from e
-
-
-def export_config(metadata: dict[str, str], source: str) -> dict:
-    """The model config of an export's metadata ('config': JSON)."""
-    try:
-        return json.loads(metadata["config"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"{source}: no model config in the metadata ('config' as JSON: {e}); not a "
-            "`python -m converters.export` file?"
-        ) from e
 
 
 def load(path: str | Path) -> Exported:

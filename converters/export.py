@@ -15,6 +15,7 @@ bfloat16 widened); a file that does not fit its config is one error listing ever
 """
 
 import argparse
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -28,7 +29,7 @@ from converters.export_format import (
     read_export,
     write_export,
 )
-from maskrenderer_jax import cli_errors, params_io
+from maskrenderer_jax import cli_errors, output_files, params_io
 from maskrenderer_jax.models import layers
 from maskrenderer_jax.models import maskrenderer as mr
 
@@ -225,7 +226,10 @@ def main(argv=None) -> None:
     )
     cli.add_overwrite(parser)
     args = parser.parse_args(argv)
-    cli.check_outputs(args)
+    read = [args.variables, args.safetensors, args.npz, (args.config or "").partition(":")[0]]
+    if args.workdir:  # a run is read only under checkpoints/ and config.json: beside is safe
+        read += [Path(args.workdir) / "checkpoints", Path(args.workdir) / "config.json"]
+    output_files.check_outputs({"--out": args.out}, read, overwrite=args.overwrite)
     if args.variables and not args.config:
         parser.error("--variables needs --config (the model config the variables are of)")
     if args.step is not None and not args.workdir:

@@ -18,6 +18,7 @@ from configs import tiny
 from converters import export, export_format, torch_layout
 from converters import maskrenderer_torch as mt
 from maskrenderer_jax import params_io
+from maskrenderer_jax.cli_errors import UserError
 from maskrenderer_jax.models import maskrenderer as mr
 from maskrenderer_jax.train import checkpoint
 from maskrenderer_jax.train.state import init_state
@@ -195,7 +196,9 @@ def trained_workdir(tmp_path_factory, tiny_mr):
 
 def test_workdir_export_of_trained_weights_matches_in_torch(trained_workdir, tmp_path, capsys):
     workdir, trained = trained_workdir
-    out = tmp_path / "model.safetensors"
+    with pytest.raises(UserError, match="would overwrite the input"):
+        export.main(["--workdir", str(workdir), "--out", str(workdir / "checkpoints" / "m.st")])
+    out = workdir / "model.safetensors"  # beside the checkpoints, as `make demo` writes it
     export.main(["--workdir", str(workdir), "--out", str(out), "--check-torch"])
     printed = capsys.readouterr().out
     assert "step 20" in printed and "PyTorch vs JAX, max |difference|" in printed

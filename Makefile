@@ -22,7 +22,8 @@ $(STAMP): requirements.txt requirements-eval.txt requirements-reference.txt requ
 # command (--no-crop: the frames are already face crops; --coefficients: the set's exact 3DMM
 # coefficients, which the model was trained on). 19m44s measured on a 2-core CPU shared with other
 # jobs (14m21s of CPU time over both cores); docs/DESIGN_NOTES.md, "A demo that learns".
-# Outputs in $(DEMO_WORKDIR): reenactment.mp4/.png, animated.mp4, eval/*.json|md, tensorboard/,
+# Outputs in $(DEMO_WORKDIR): reenactment.mp4/.png, animated.mp4, model.safetensors (the
+# run exported for PyTorch, checked against it), eval/*.json|md, tensorboard/,
 # metrics.jsonl, config.json, checkpoints/.
 DEMO_WORKDIR ?= workdirs/demo
 DEMO_EVAL := $(PY) -m maskrenderer_jax.evaluate --workdir $(DEMO_WORKDIR) --protocol self \
@@ -37,6 +38,8 @@ demo: $(STAMP)
 	$(PY) -m maskrenderer_jax.animate --checkpoint $(DEMO_WORKDIR) --no-crop --side-by-side \
 		--source $(DEMO_WORKDIR)/held_out/source.png --driving $(DEMO_WORKDIR)/held_out/driving.mp4 \
 		--coefficients $(DEMO_WORKDIR)/held_out/coefficients.npz --out $(DEMO_WORKDIR)/animated.mp4
+	$(PY) -m converters.export --workdir $(DEMO_WORKDIR) --out $(DEMO_WORKDIR)/model.safetensors \
+		--check-torch
 	@echo "Held-out self-reenactment (test identities), the trained model and copy-source:"
 	@cat $(DEMO_WORKDIR)/eval/self-step*.md && tail -n 1 $(DEMO_WORKDIR)/eval/self-copy_source.md
 

@@ -1,7 +1,8 @@
 """The animate command's model work at 256x256: source set-up, per-frame latency of the stream
 (batch 1) and frames/s at larger batches, for FOMM vox-256 and MaskRenderer vox-256 (JAX,
-maskrenderer_jax.inference.reenact.Reenactor), beside FOMM's torch demo loop (tests/fomm_torch.py
-mirror: `make_animation`, one driving frame per call, and the same loop batched).
+maskrenderer_jax.inference.reenact.Reenactor), beside FOMM's torch demo loop (on
+converters.maskrenderer_torch: `make_animation`, one driving frame per call, and the same loop
+batched).
 
 python -m benchmarks.animate [--batch-sizes 1 4] [--frames 3] [--write]
 

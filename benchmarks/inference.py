@@ -5,10 +5,10 @@ python -m benchmarks.inference [--batch-sizes 1 8] [--iters N] [--config C] [--w
 The timed work per frame batch is what inference repeats for every driving frame: keypoint
 detection on the driving frames, dense motion, generator; the source keypoints are computed
 once beforehand. JAX runs it as one jitted function (compile time reported apart); torch runs
-the reference modules (tests/fomm_torch.py) under `inference_mode` in eval mode. Both hold the
-same random weights (torch -> converters.fomm) and get the same inputs, and their outputs are
-compared before timing. Timing repetitions alternate between the two (order swapped every
-round) so machine noise hits both alike; each reports its median.
+the PyTorch networks (converters.maskrenderer_torch) under `inference_mode` in eval mode. Both
+hold the same random weights (torch -> converters.fomm) and get the same inputs, and their
+outputs are compared before timing. Timing repetitions alternate between the two (order
+swapped every round) so machine noise hits both alike; each reports its median.
 """
 
 import argparse

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from benchmarks import report
 from configs import common
-from converters import fomm
+from converters import fomm, maskrenderer_torch
 from converters import vgg19 as vgg19_converter
 from data_pipeline import make_train_iter
 from maskrenderer_jax.train import step as train_step
@@ -35,7 +35,6 @@ from maskrenderer_jax.train.frozen import load_frozen
 from maskrenderer_jax.train.state import init_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import fomm_torch  # noqa: E402
 import fomm_torch_train  # noqa: E402
 import losses_torch  # noqa: E402
 import torch_utils  # noqa: E402
@@ -54,7 +53,8 @@ def torch_nets(config, state, frozen):
     variables = {"params": state.generator, "batch_stats": state.generator_stats}
     disc = {"params": state.discriminator, "batch_stats": state.discriminator_stats}
     exported = fomm.export_checkpoint({"model": variables, "discriminator": disc}, config.model)
-    nets = fomm_torch.build_fomm(torch_utils.fomm_model_params(config.model))
+    maskrenderer, discriminator = maskrenderer_torch.build(config.model.to_dict())
+    nets = (maskrenderer.kp_detector, maskrenderer.generator, discriminator)
     for net, name in zip(nets, ("kp_detector", "generator", "discriminator"), strict=True):
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in exported[name].items()})
     vgg = vgg_torch.VGG19()

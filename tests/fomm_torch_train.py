@@ -1,6 +1,7 @@
 """FOMM's training step in torch: first-order-model's GeneratorFullModel and
-DiscriminatorFullModel (modules/model.py) with train.py's update order, built from the mirrors
-in this folder (fomm_torch networks, losses_torch losses, vgg_torch VGG19). NCHW, float32.
+DiscriminatorFullModel (modules/model.py) with train.py's update order, on the networks of
+converters.maskrenderer_torch, with the mirrors in this folder (losses_torch losses, vgg_torch
+VGG19). NCHW, float32.
 
 As FOMM, the discriminator (the GAN and feature-matching terms, and its own update) runs only
 when `generator_gan != 0`; vox-256 (weight 0) trains without it.
@@ -26,7 +27,7 @@ class FommTrainStep:
     equivariance_jacobian, disc_gan). `probe` = one step's losses, gradients and BatchNorm
     statistics without the updates.
 
-    nets: (kp_detector, generator, discriminator) from fomm_torch.build_fomm (put in train
+    nets: (kp_detector, generator, discriminator) from torch_utils.random_fomm (put in train
     mode here); loss / optim: a config's `loss` and `optim` sections (attribute access).
     """
 

@@ -3,14 +3,15 @@ ImagePyramide, the random TPS `Transform` (with its parameters passed in rather 
 from torch's RNG), the equivariance terms, the perceptual pyramid, LSGAN and feature matching.
 
 Written from the published code; used by tests/test_losses.py as ground truth. NCHW, float32.
-As in tests/fomm_torch.py, `grid_sample` passes align_corners=True (FOMM's torch 1.0
+As in converters/maskrenderer_torch/, `grid_sample` passes align_corners=True (FOMM's torch 1.0
 behaviour).
 """
 
 import torch
 import torch.nn.functional as F
-from fomm_torch import AntiAliasInterpolation2d, make_coordinate_grid
 from torch.autograd import grad
+
+from converters.maskrenderer_torch.layers import AntiAliasInterpolation2d, make_coordinate_grid
 
 
 class ImagePyramide(torch.nn.Module):

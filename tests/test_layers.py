@@ -1,6 +1,5 @@
 """Layer-level behaviour against torch: warp (grid_sample), resizing, anti-alias, CBAM."""
 
-import fomm_torch
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import torch_utils
 
+from converters.maskrenderer_torch import layers as torch_layers
 from maskrenderer_jax.models import layers
 
 
@@ -71,7 +71,7 @@ def test_resize_bilinear_matches_interpolate(size):
 @pytest.mark.parametrize("scale", [0.25, 0.5])
 def test_antialias_downsample_matches_fomm(scale):
     x = np.random.default_rng(2).uniform(size=(2, 64, 64, 3)).astype(np.float32)
-    reference = fomm_torch.AntiAliasInterpolation2d(3, scale)
+    reference = torch_layers.AntiAliasInterpolation2d(3, scale)
     with torch.no_grad():
         expected = reference(torch_utils.nchw(x))
     got = layers.AntiAliasDownsample(scale).apply({}, jnp.asarray(x))
@@ -83,7 +83,7 @@ def test_antialias_downsample_matches_fomm(scale):
 
 def test_kp2gaussian_matches_fomm():
     kp = np.random.default_rng(3).uniform(-1, 1, size=(2, 5, 2)).astype(np.float32)
-    expected = fomm_torch.kp2gaussian({"value": torch.from_numpy(kp)}, (12, 9), 0.01)
+    expected = torch_layers.kp2gaussian({"value": torch.from_numpy(kp)}, (12, 9), 0.01)
     got = layers.kp2gaussian(jnp.asarray(kp), 12, 9, 0.01)
     np.testing.assert_allclose(np.moveaxis(np.asarray(got), -1, 1), expected.numpy(), atol=1e-6)
 

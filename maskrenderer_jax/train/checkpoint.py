@@ -201,11 +201,12 @@ class Checkpoints:
         self.manager.close()
 
 
-def load_generator_variables(
+def load_network_variables(
     workdir: str | Path, config: ml_collections.ConfigDict, step: int | None = None
 ) -> dict:
-    """{'params', 'batch_stats'} of the generator side (FFD, dense motion, generator) from a
-    run's checkpoint (default: the latest), on the default device, for inference."""
+    """{'model': {'params', 'batch_stats'} of the generator side (FFD, dense motion,
+    generator), 'discriminator': its {'params', 'batch_stats'}} from a run's checkpoint
+    (default: the latest), on the default device."""
     if not checkpoint_dir(workdir).is_dir():
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -219,4 +220,15 @@ def load_generator_variables(
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
     state, _ = restored
-    return {"params": state.generator, "batch_stats": state.generator_stats}
+    return {
+        "model": {"params": state.generator, "batch_stats": state.generator_stats},
+        "discriminator": {"params": state.discriminator, "batch_stats": state.discriminator_stats},
+    }
+
+
+def load_generator_variables(
+    workdir: str | Path, config: ml_collections.ConfigDict, step: int | None = None
+) -> dict:
+    """{'params', 'batch_stats'} of the generator side from a run's checkpoint (default: the
+    latest), for inference."""
+    return load_network_variables(workdir, config, step)["model"]

@@ -1,4 +1,4 @@
-"""FOMM configured networks vs the PyTorch reference (tests/fomm_torch.py) with random
+"""FOMM configured networks vs the PyTorch reference (converters/maskrenderer_torch) with random
 weights, through the FOMM converter: every probe output to 1e-4."""
 
 import jax

@@ -23,17 +23,24 @@ from configs import tiny
 NUM_STEPS = 1000
 
 
+def set_schedule(config: ml_collections.ConfigDict, num_steps: int) -> None:
+    """The demo's optimiser schedule, logging and held-out evaluation for `num_steps` steps
+    (configs/ablation.py trains its rows on the same schedule at other budgets)."""
+    config.optim.learning_rate = 1e-3
+    config.optim.milestones = (int(0.8 * num_steps),)
+    every = max(num_steps // 4, 1)
+    config.train.update(num_steps=num_steps, log_every=min(50, every), image_every=every)
+    config.checkpoint.update(every_steps=every, keep=2)
+    # The held-out self-reenactment in TensorBoard (eval_self/*) while it trains: L1, PSNR,
+    # SSIM, LPIPS on the first 40 test frames, no face tools (cheap).
+    config.eval.update(every_steps=every, limit=40, landmarks="none", identity="none", pose="none")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     config = tiny.get_config()
     config.pretrained.perceptual = "auto"  # the real VGG16 unless converted VGG19 is given
     config.data.batch_size = 4  # ~0.4 s a step on 2 cores
     config.loss.alpha = 0.0  # no L_T: random VGGFace2 (see above)
-    config.optim.learning_rate = 1e-3
-    config.optim.milestones = (int(0.8 * NUM_STEPS),)
-    config.train.update(num_steps=NUM_STEPS, log_every=50, image_every=250)
-    config.checkpoint.update(every_steps=250, keep=2)
-    # The held-out self-reenactment in TensorBoard (eval_self/*) while it trains: L1, PSNR,
-    # SSIM, LPIPS on the first 40 test frames, no face tools (cheap).
-    config.eval.update(every_steps=250, limit=40, landmarks="none", identity="none", pose="none")
+    set_schedule(config, NUM_STEPS)
     return config

@@ -1,5 +1,5 @@
 """python -m benchmarks.learning [--rows fomm,maskrenderer] [--seeds 0,1] [--steps 1000]
-    [--limit N] [--runs workdirs/learning] [--write]
+    [--limit N] [--max-frames N] [--runs workdirs/learning] [--write]
 
 The paper's Table 3 (its ablation) in miniature on synthetic_heads: each row of
 configs/ablation.py trained from scratch with the same budget (steps, batch, schedule) for
@@ -38,10 +38,11 @@ HEADINGS = {"l1": "L1", "lpips": "LPIPS", "akd": "AKD", "prmse": "PRMSE", "isim"
 CURVES = ("generator", "perceptual", "eval_self/l1")
 
 
-def row_config(row: str, steps: int, seed: int, data_dir: str | None):
+def row_config(row: str, steps: int, seed: int, args):
     config = common.load_config(f"{ROOT}/configs/ablation.py:row={row},steps={steps},seed={seed}")
-    if data_dir:
-        config.data.data_dir = data_dir
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    config.data.eval.max_frames = args.max_frames
     return config
 
 
@@ -64,14 +65,15 @@ def evaluate(config, protocol: str, variables, limit: int, baseline: str | None 
 
 def train_and_evaluate(row: str, steps: int, seed: int, args) -> dict:
     """{'seconds': training wall time (None if reused), protocol: result} of one run."""
-    config = row_config(row, steps, seed, args.data_dir)
+    config = row_config(row, steps, seed, args)
     workdir = Path(args.runs) / f"{row}-{steps}steps-seed{seed}"
     start = time.perf_counter()
     trained = loop.train(config, workdir)
     out = {"seconds": time.perf_counter() - start if trained else None, "workdir": workdir}
     variables = load_generator_variables(workdir, config)
     for protocol in COLUMNS:
-        path = workdir / "eval" / f"benchmark-{protocol}-limit{args.limit}.json"
+        name = f"benchmark-{protocol}-limit{args.limit}-max_frames{args.max_frames}.json"
+        path = workdir / "eval" / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             eval_report.write_json(path, evaluate(config, protocol, variables, args.limit))
@@ -132,6 +134,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     parser.add_argument("--steps", type=int, default=1000, help="training steps of every run")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N frames (0: all)")
+    parser.add_argument("--max-frames", type=int, default=0,
+                        help="evaluate N frames of each held-out clip (0: all)")  # fmt: skip
     parser.add_argument("--runs", default="workdirs/learning", help="folder of the runs")
     parser.add_argument("--data-dir", help="TFDS data_dir (default: the config's)")
     parser.add_argument("--png", default=str(PNG.relative_to(ROOT)), help="the curves' image")
@@ -145,7 +149,7 @@ def main(argv=None) -> None:
     run_facts = report.facts()
     start = time.perf_counter()
     runs = {row: [train_and_evaluate(row, args.steps, s, args) for s in seeds] for row in rows}
-    config = row_config(rows[0], args.steps, seeds[0], args.data_dir)
+    config = row_config(rows[0], args.steps, seeds[0], args)
     baseline = {p: evaluate(config, p, None, args.limit, "copy_source") for p in COLUMNS}
     minutes = (time.perf_counter() - start) / 60
     labelled = {ablation.LABELS[row]: results for row, results in runs.items()}

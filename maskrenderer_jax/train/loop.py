@@ -248,7 +248,7 @@ def _train(config, workdir: Path, after_step: AfterStep | None) -> dict[str, flo
             log = done % config.train.log_every == 0 or done == total
             save = done == total or checkpoints.due(done)
             stopping = stop.should_stop(sync_point=log or save)
-            if log or save or stopping:  # the host waits for the device here, and only here
+            if log or save or stopping:  # a sync point: waits for the steps dispatched so far
                 check_finite(writer.non_finite(), done, checkpoints.latest_step())
             if save or stopping:
                 checkpoints.save(done, state, iterator, force=True)

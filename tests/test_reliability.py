@@ -24,6 +24,7 @@ from converters import safe_load, torch_layout
 from maskrenderer_jax import cli_errors, output_files
 from maskrenderer_jax.train import checkpoint, loop, run_plan, trainer
 from maskrenderer_jax.train.checkpoint import Checkpoints
+from maskrenderer_jax.train.metrics import MetricsWriter
 from maskrenderer_jax.train.trainer import Trainer
 from maskrenderer_jax.train.workdir_lock import LOCK_FILE, WorkdirBusyError
 
@@ -200,6 +201,25 @@ def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(
     assert json.loads((tmp_path / "config.json").read_text()) == given
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert (plan["num_steps"], plan["triplet_start_step"]) == (12, None)  # FOMM: no triplet
+
+
+def test_the_metrics_window_averages_each_term_over_the_steps_that_have_it(tmp_path):
+    """A window of 4 steps after step 10 in which 'triplet' enters at the third step (its
+    phase): each mean is over the steps that have the term; a non-finite value is reported
+    with the step it happened at."""
+    writer = MetricsWriter(tmp_path, total_steps=20, start_step=10)
+    for i in range(4):
+        metrics = {"generator": jnp.float32(i)}
+        if i >= 2:
+            metrics["triplet"] = jnp.float32(10.0 * i)
+        writer.add(metrics)
+    assert writer.non_finite() == {}
+    means = writer.write(14)
+    assert (means["generator"], means["triplet"]) == (1.5, 25.0)
+    writer.add({"generator": jnp.float32(1.0), "triplet": jnp.float32(np.inf)})
+    writer.add({"generator": jnp.float32(np.nan), "triplet": jnp.float32(1.0)})
+    assert writer.non_finite() == {"triplet": 15, "generator": 16}
+    writer.close()
 
 
 def test_a_non_finite_term_between_log_steps_stops_the_run_before_the_next_save(

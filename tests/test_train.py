@@ -3,6 +3,7 @@ loop's failure handling, and the equivalences a scaled or interrupted run must k
 8 sharded devices == 1 device, FSDP == replicated, 2 processes == 1 process, and a run killed
 with SIGKILL and resumed == an uninterrupted run."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,11 +22,12 @@ from jax.sharding import PartitionSpec as P
 
 from configs import common
 from data_pipeline import make_train_iter
+from maskrenderer_jax.cli_errors import UserError
 from maskrenderer_jax.face3d import morphable_model as mm
 from maskrenderer_jax.face3d import synthetic_bfm
 from maskrenderer_jax.face3d.branch import branch_inputs
 from maskrenderer_jax.models.layers import coordinate_grid
-from maskrenderer_jax.train import loop, optim, sharding, step
+from maskrenderer_jax.train import loop, optim, run_plan, sharding, step
 from maskrenderer_jax.train.checkpoint import Checkpoints, load_generator_variables
 from maskrenderer_jax.train.frozen import load_frozen
 from maskrenderer_jax.train.state import init_state
@@ -81,20 +83,67 @@ LOSS_KEYS = ("generator", "perceptual", "equivariance_value", "equivariance_jaco
 # --- schedules, shardings --------------------------------------------------------------------
 
 
+def load(name: str) -> ml_collections.ConfigDict:
+    return common.load_config(str(ROOT / "configs" / name))
+
+
 def test_epoch_schedule_resolves_into_steps():
-    config = common.load_config(str(ROOT / "configs" / "maskrenderer_vox256.py"))
-    optim.resolve_schedule(config, steps_per_epoch=50)
-    assert config.train.num_steps == 100 * 50
-    assert tuple(config.optim.milestones) == (60 * 50, 90 * 50)
-    assert config.loss.triplet_start_step == 10 * 50
-    schedule = optim.learning_rate(config.optim)
+    config = load("maskrenderer_vox256.py")
+    plan = run_plan.resolve(config, steps_per_epoch=50)
+    assert (plan.num_steps, plan.milestones, plan.triplet_start_step) == (
+        100 * 50,
+        (60 * 50, 90 * 50),
+        10 * 50,
+    )
+    assert (plan.uses_3d, plan.uses_discriminator, plan.uses_regressor) == (True, True, False)
+    assert plan.triplet_phases() == (False, True)
+    assert not plan.triplet_phase(10 * 50 - 1) and plan.triplet_phase(10 * 50)
+    schedule = optim.learning_rate(config.optim, plan.milestones)
     assert float(schedule(60 * 50 - 1)) == pytest.approx(2e-4)
     assert float(schedule(60 * 50)) == pytest.approx(2e-5)
     assert float(schedule(90 * 50)) == pytest.approx(2e-6)
     # Step values set explicitly win over epochs.
-    config = common.load_config(str(ROOT / "configs" / "tiny.py"))
-    optim.resolve_schedule(config, steps_per_epoch=50)
-    assert (config.train.num_steps, config.loss.triplet_start_step) == (4, 2)
+    plan = run_plan.resolve(load("tiny.py"), steps_per_epoch=50)
+    assert (plan.num_steps, plan.milestones, plan.triplet_start_step) == (4, (3000, 4500), 2)
+    plan = run_plan.resolve(load("demo.py"), steps_per_epoch=50)
+    assert (plan.num_steps, plan.milestones) == (1000, (800,))
+    # demo: alpha 0, so no triplet phase however triplet_start_step reads.
+    assert plan.triplet_start_step is None and plan.triplet_phases() == (False,)
+    # FOMM's vox-256: no triplet loss, no discriminator (generator_gan 0), no 3D branch.
+    plan = run_plan.resolve(load("fomm_vox256.py"), steps_per_epoch=50)
+    assert (plan.num_steps, plan.triplet_start_step, plan.uses_discriminator, plan.uses_3d) == (
+        100 * 50,
+        None,
+        False,
+        False,
+    )
+
+
+def test_the_run_plan_leaves_the_config_as_loaded_and_is_immutable():
+    """Resolving reads the config, never writes it (before, the loop rewrote num_steps,
+    milestones and triplet_start_step in place, and a Trainer built from the config as loaded
+    silently trained without the triplet phase)."""
+    for name in ("maskrenderer_vox256.py", "tiny.py", "demo.py", "fomm_vox256.py"):
+        config = load(name)
+        before = config.to_json_best_effort()
+        plan = run_plan.resolve(config, steps_per_epoch=7)
+        assert config.to_json_best_effort() == before, name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.num_steps = 1
+    # The vox configs' -1 (derive from epochs) is valid; what cannot run is named, all at once.
+    config = load("tiny.py")
+    with config.unlocked():
+        config.train.update(num_steps=-2, profile_steps="3")
+        config.face3d.coefficients = "online"
+    with pytest.raises(UserError) as info:
+        run_plan.resolve(config, steps_per_epoch=7)
+    for flag in ("--config.train.num_steps=-2", "--config.train.profile_steps='3'",
+                 "--config.face3d.coefficients='online'"):  # fmt: skip
+        assert flag in str(info.value)
+    config.train.update(num_steps=4, profile_steps="2,3")
+    config.face3d.coefficients = "regressor"
+    plan = run_plan.resolve(config, steps_per_epoch=7)
+    assert plan.profile_steps == (2, 3) and plan.uses_regressor
 
 
 def test_fsdp_rules_shard_the_largest_divisible_dimension():
@@ -158,20 +207,22 @@ def abstract_step_inputs(config):
     batch = {k: jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32) for k in step.IMAGE_KEYS}
     batch |= {k: jax.ShapeDtypeStruct((2,), jnp.bool_) for k in step.FLAG_KEYS}
     batch |= {k: jax.ShapeDtypeStruct((2, 257), jnp.float32) for k in step.COEFF_KEYS}
-    return state, batch, jax.eval_shape(lambda: load_frozen(config))
+    plan = run_plan.resolve(config, steps_per_epoch=1)
+    return state, batch, jax.eval_shape(lambda: load_frozen(config, plan)), plan
 
 
 def test_the_phase_before_the_triplet_start_has_no_cross_pass(data_dir):
     """The variant before `triplet_start_step` traces no cross-identity generator pass and no
     VGGFace2 (it runs without the net); the variant after it needs both."""
-    state, batch, frozen = abstract_step_inputs(tiny(data_dir))
     config = tiny(data_dir)
+    state, batch, frozen, plan = abstract_step_inputs(config)
     without = {k: v for k, v in frozen.items() if k != "vggface2"}
-    _, metrics = jax.eval_shape(step.make_step_fn(config, triplet=False), state, batch, without)
+    before, after = (step.make_step_fn(config, plan, triplet=t) for t in (False, True))
+    _, metrics = jax.eval_shape(before, state, batch, without)
     assert "triplet" not in metrics
     with pytest.raises(KeyError, match="vggface2"):
-        jax.eval_shape(step.make_step_fn(config, triplet=True), state, batch, without)
-    _, metrics = jax.eval_shape(step.make_step_fn(config, triplet=True), state, batch, frozen)
+        jax.eval_shape(after, state, batch, without)
+    _, metrics = jax.eval_shape(after, state, batch, frozen)
     assert "triplet" in metrics
 
 
@@ -179,10 +230,10 @@ def test_online_regressor_coefficients_need_no_batch_coefficients(data_dir):
     """face3d.coefficients='regressor': the frozen ReconNet regresses every frame's 3DMM
     coefficients inside the step; the batch needs none, the frozen set has the net."""
     config = tiny(data_dir, face3d=dict(coefficients="regressor"))
-    state, batch, frozen = abstract_step_inputs(config)
+    state, batch, frozen, plan = abstract_step_inputs(config)
     assert "recon" in frozen
     batch = {k: v for k, v in batch.items() if k not in step.COEFF_KEYS}
-    _, metrics = jax.eval_shape(step.make_step_fn(config, triplet=True), state, batch, frozen)
+    _, metrics = jax.eval_shape(step.make_step_fn(config, plan, triplet=True), state, batch, frozen)
     assert {"warping", "triplet"} <= set(metrics)
     with pytest.raises(ValueError, match="has no"):
         step.step_inputs(batch, tiny(data_dir))  # 'batch' coefficients but none in the batch
@@ -201,9 +252,9 @@ def test_eq11_weights_the_triplet_term_by_alpha_and_the_rest_by_beta():
 # --- equivalences ------------------------------------------------------------------------------
 
 
-def train_step_once(config, mesh, batch):
+def train_step_once(config, plan, mesh, batch):
     """(state, metrics) after one step from the initial state on `mesh`, on the host."""
-    trainer = Trainer(config, mesh)
+    trainer = Trainer(config, mesh, plan)
     state = trainer.init_state()
     trainer.compile(batch)
     state, metrics = trainer.step(state, batch, 0)
@@ -257,18 +308,19 @@ def test_sharded_step_equals_the_one_device_step(data_dir):
     1 device == 8 devices data-parallel == 2 x 4 FSDP (every leaf above 256 elements
     sharded), see `assert_same_step`."""
     config = tiny(data_dir)
-    config.loss.triplet_start_step = 0  # one compiled variant that contains everything
+    # one compiled variant that contains everything
+    plan = dataclasses.replace(run_plan.resolve(config, 1), triplet_start_step=0)
     batch = next(make_train_iter(config))
     devices = jax.devices()
-    reference = train_step_once(config, sharding.make_mesh(config.mesh, devices[:1]), batch)
+    reference = train_step_once(config, plan, sharding.make_mesh(config.mesh, devices[:1]), batch)
     assert "triplet" in reference[1]
-    data_parallel = train_step_once(config, sharding.make_mesh(config.mesh, devices), batch)
+    data_parallel = train_step_once(config, plan, sharding.make_mesh(config.mesh, devices), batch)
     assert_same_step(reference, data_parallel, config.optim.learning_rate, "8 devices")
     config.mesh.update(fsdp=4, fsdp_min_size=256)
     fsdp_mesh = sharding.make_mesh(config.mesh, devices)
-    specs = {s.spec for s in jax.tree.leaves(Trainer(config, fsdp_mesh).state_shardings)}
+    specs = {s.spec for s in jax.tree.leaves(Trainer(config, fsdp_mesh, plan).state_shardings)}
     assert any("fsdp" in spec for spec in specs)  # something is really sharded
-    fsdp = train_step_once(config, fsdp_mesh, batch)
+    fsdp = train_step_once(config, plan, fsdp_mesh, batch)
     assert_same_step(data_parallel, fsdp, config.optim.learning_rate, "FSDP")
 
 
@@ -401,6 +453,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
         loop.train(config, tmp_path)
     checkpoints = Checkpoints(tmp_path, config.checkpoint)
     assert checkpoints.latest_step() == 2
-    abstract = Trainer(config, sharding.make_mesh(config.mesh)).abstract_state
+    plan = run_plan.resolve(config, run_plan.steps_per_epoch(config))
+    abstract = Trainer(config, sharding.make_mesh(config.mesh), plan).abstract_state
     state, restored_step = checkpoints.restore(abstract)
     assert restored_step == 2 and int(state.step) == 2

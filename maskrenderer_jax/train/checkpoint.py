@@ -28,9 +28,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from maskrenderer_jax.train.run_plan import RunPlan
 from maskrenderer_jax.train.state import GANState, init_state
 
-CONFIG_FILE = "config.json"  # the run's resolved config, beside checkpoints/
+CONFIG_FILE = "config.json"  # the run's config, beside checkpoints/
+PLAN_FILE = "plan.json"  # what the run resolved from it and the data set (its RunPlan)
 UNRESTORABLE_DIR = "unrestorable_checkpoints"
 
 
@@ -47,8 +49,16 @@ def checkpoint_dir(workdir: str | Path) -> Path:
 
 
 def write_run_config(workdir: str | Path, config: ml_collections.ConfigDict) -> Path:
+    """workdir/config.json: the config as given (its epoch values unresolved; see plan.json)."""
     path = Path(workdir) / CONFIG_FILE
     path.write_text(config.to_json_best_effort(indent=2) + "\n")
+    return path
+
+
+def write_run_plan(workdir: str | Path, plan: RunPlan) -> Path:
+    """workdir/plan.json: what the run resolved from its config and data set."""
+    path = Path(workdir) / PLAN_FILE
+    path.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     return path
 
 
@@ -125,8 +135,12 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def due(self, step: int) -> bool:
+        """Whether `step` is a checkpoint step (`checkpoint.every_steps`; orbax's decision)."""
+        return self.manager.should_save(step)
+
     def save(self, step: int, state: GANState, iterator=None, *, force: bool = False) -> bool:
-        """Saves if `step` is on the interval (or `force`); returns whether it saves."""
+        """Saves if `step` is `due` (or `force`); returns whether it saves."""
         items = {"state": ocp.args.StandardSave(flax.serialization.to_state_dict(state))}
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(iterator)

@@ -41,8 +41,9 @@ class GANState:
 
 def init_state(config: ml_collections.ConfigDict, seed: int) -> GANState:
     """A fresh GANState for `config.model` (flax's initialisers, FOMM's layouts), with the
-    optimiser states of `optim.adam(config.optim)` (the step's, for both networks)."""
-    tx = optim.adam(config.optim)
+    optimiser states of `optim.adam` (the step's, for both networks)."""
+    # Adam's state (a step count and the moments) is the same whatever the milestones.
+    tx = optim.adam(config.optim, milestones=())
     key_g, key_d, key_run = jax.random.split(jax.random.key(seed), 3)
     g_vars = mr.init_variables(config.model, key_g)
     d_vars = mr.init_discriminator_variables(config.model, key_d)

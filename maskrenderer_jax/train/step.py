@@ -9,8 +9,8 @@ fake, real; D step: fake, real). With `loss.generator_gan` 0 (FOMM's vox-256), a
 discriminator is neither run nor trained (`adversarial`).
 
 The triplet loss needs a second generator pass (the source driven by a cross-identity frame).
-`make_step_fn(config, triplet=...)` builds either variant as Python control flow, so the one
-without the cross pass computes none of it; the trainer compiles both and picks by step.
+`make_step_fn(config, plan, triplet=...)` builds either variant as Python control flow, so the
+one without the cross pass computes none of it; the trainer compiles both and picks by step.
 """
 
 import functools
@@ -27,6 +27,7 @@ from maskrenderer_jax.face3d.branch import branch_inputs
 from maskrenderer_jax.models import maskrenderer as mr
 from maskrenderer_jax.nets import vgg16, vgg19, vggface2
 from maskrenderer_jax.train import optim
+from maskrenderer_jax.train.run_plan import RunPlan, adversarial
 from maskrenderer_jax.train.state import GANState
 
 # Batch fields the step reads (the rest of the pipeline's fields stay on the host).
@@ -283,12 +284,6 @@ def discriminator_loss(config, d_params, d_stats, driving, prediction, kp_drivin
     return value, d_stats
 
 
-def adversarial(config: ml_collections.ConfigDict) -> bool:
-    """FOMM trains with the discriminator only when `generator_gan` != 0: with 0 (vox-256) it
-    computes neither the GAN nor the feature-matching term and never updates D."""
-    return config.loss.generator_gan != 0
-
-
 def gradient_norms(g_grads, d_grads=None) -> dict:
     """Global L2 norms per network: FFD, dense motion, generator (without dense motion), D."""
     generator = dict(g_grads["generator"])
@@ -304,17 +299,18 @@ def gradient_norms(g_grads, d_grads=None) -> dict:
 
 
 def make_step_fn(
-    config: ml_collections.ConfigDict, *, triplet: bool
+    config: ml_collections.ConfigDict, plan: RunPlan, *, triplet: bool
 ) -> Callable[[GANState, dict, dict], tuple[GANState, dict]]:
     """The pure step (state, batch, frozen) -> (state, metrics) of one triplet phase, with
-    `optim.adam(config.optim)` for both networks (FOMM: same lr, betas and milestones).
+    `optim.adam(config.optim, plan.milestones)` for both networks (FOMM: same lr, betas and
+    milestones).
 
     metrics: every generator term present, 'generator' (eq. (11) total), 'discriminator'
     (when `adversarial`), the gradient norms and 'learning_rate', all float32 scalars.
     """
 
-    generator_tx = discriminator_tx = optim.adam(config.optim)
-    schedule = optim.learning_rate(config.optim)
+    generator_tx = discriminator_tx = optim.adam(config.optim, plan.milestones)
+    schedule = optim.learning_rate(config.optim, plan.milestones)
 
     def step(state: GANState, batch: dict, frozen: dict):
         (g_total, (terms, aux)), g_grads = generator_gradients(

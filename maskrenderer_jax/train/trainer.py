@@ -1,8 +1,9 @@
 """The compiled, sharded training step of a config on a mesh.
 
-    trainer = Trainer(config, mesh)
+    plan = run_plan.resolve(config, run_plan.steps_per_epoch(config))
+    trainer = Trainer(config, mesh, plan)
     state = trainer.init_state()
-    report = trainer.compile(batch)            # AOT: both triplet phases, timed, measured
+    report = trainer.compile(batch)            # AOT: the plan's triplet phases, timed, measured
     state, metrics = trainer.step(state, batch, step)
 
 `batch` is this process's numpy batch from data_pipeline.make_train_iter; the state is donated
@@ -18,7 +19,8 @@ import ml_collections
 import numpy as np
 
 from maskrenderer_jax.train import sharding
-from maskrenderer_jax.train.frozen import load_frozen, uses_triplet
+from maskrenderer_jax.train.frozen import load_frozen
+from maskrenderer_jax.train.run_plan import RunPlan
 from maskrenderer_jax.train.state import GANState, init_state
 from maskrenderer_jax.train.step import make_preview_fn, make_step_fn, step_inputs
 
@@ -59,20 +61,23 @@ def _abstract(tree, shardings):
 
 
 class Trainer:
-    """Builds the state, the shardings and the two compiled step variants of a config."""
+    """Builds the state, the shardings and the compiled step variants of a config and its run
+    plan (one per triplet phase the plan goes through)."""
 
     def __init__(
         self,
         config: ml_collections.ConfigDict,
         mesh: jax.sharding.Mesh,
+        plan: RunPlan,
         frozen: dict | None = None,
     ):
         self.config = config
         self.mesh = mesh
+        self.plan = plan
         self._init = lambda: init_state(config, config.train.seed)
         self.state_shapes = jax.eval_shape(self._init)
         self.state_shardings = sharding.tree_shardings(self.state_shapes, mesh, config.mesh)
-        frozen = load_frozen(config, config.train.seed) if frozen is None else frozen
+        frozen = load_frozen(config, plan, config.train.seed) if frozen is None else frozen
         self.frozen = jax.device_put(frozen, sharding.replicated(mesh))
         self._variants = {}
         self._preview = None
@@ -86,9 +91,6 @@ class Trainer:
         """A fresh state, created directly in its shardings."""
         return jax.jit(self._init, out_shardings=self.state_shardings)()
 
-    def triplet_phase(self, step: int) -> bool:
-        return uses_triplet(self.config) and step >= self.config.loss.triplet_start_step
-
     def device_batch(self, batch: dict) -> dict:
         """This process's numpy batch -> the step's global, batch-sharded inputs."""
         return sharding.global_batch(step_inputs(batch, self.config), self.mesh)
@@ -96,7 +98,7 @@ class Trainer:
     def _jit(self, triplet: bool):
         batch_sharding = sharding.batch_sharding(self.mesh)
         return jax.jit(
-            make_step_fn(self.config, triplet=triplet),
+            make_step_fn(self.config, self.plan, triplet=triplet),
             in_shardings=(self.state_shardings, batch_sharding, sharding.replicated(self.mesh)),
             out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
             donate_argnums=0,
@@ -113,11 +115,8 @@ class Trainer:
             )
             for k, v in inputs.items()
         }
-        variants = [False] + ([True] if uses_triplet(self.config) else [])
-        if self.triplet_phase(0):
-            variants = [True]
         reports = []
-        for triplet in variants:
+        for triplet in self.plan.triplet_phases():
             start = time.perf_counter()
             lowered = self._jit(triplet).lower(self.abstract_state, global_shapes, self.frozen)
             compiled = lowered.compile()
@@ -143,7 +142,7 @@ class Trainer:
         """One step from the host-side step number `step` (== state.step; kept on the host so
         choosing the variant never waits for the device). `batch`: this process's numpy
         batch, or the output of `device_batch`."""
-        triplet = self.triplet_phase(step)
+        triplet = self.plan.triplet_phase(step)
         if triplet not in self._variants:
             raise RuntimeError(f"call compile() first (variant triplet={triplet} is missing)")
         if batch and isinstance(next(iter(batch.values())), np.ndarray):

@@ -106,7 +106,7 @@ def timed(fn, args, iters: int) -> dict:
 def ours(size: int):
     def render(vertices, triangles, colours):
         fragments = rasterizer.rasterize(vertices, triangles, size, size)
-        return fragments, rasterizer.interpolate(colours, vertices, triangles, fragments)
+        return fragments, rasterizer.interpolate(colours, fragments, triangles)
 
     return jax.jit(render)
 

@@ -91,8 +91,7 @@ def assert_matches_reference(vertices, triangles, height, width, **kwargs):
     ids, depth, bary = reference_fragments(vertices, triangles, height, width, **kwargs)
     np.testing.assert_array_equal(np.asarray(fragments.triangle_id), ids)
     np.testing.assert_allclose(np.asarray(fragments.depth), depth, rtol=1e-5, atol=0)
-    weights = rasterizer.barycentrics(vertices, triangles, fragments)
-    np.testing.assert_allclose(np.asarray(weights), bary, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(fragments.barycentrics), bary, atol=1e-5)
     return ids
 
 
@@ -255,7 +254,7 @@ def test_perspective_correct_depth_and_interpolation():
     expected = 1.0 / (1.0 + (0.25 - 1.0) * x / 16)
     np.testing.assert_allclose(np.asarray(fragments.depth[0]), np.tile(expected, (8, 1)), rtol=1e-5)
     # Interpolating z itself gives back the depth.
-    z = rasterizer.interpolate(vertices[..., 2:], vertices, triangles, fragments)
+    z = rasterizer.interpolate(vertices[..., 2:], fragments, triangles)
     np.testing.assert_allclose(np.asarray(z[0, ..., 0]), np.asarray(fragments.depth[0]), rtol=1e-5)
 
 
@@ -267,7 +266,7 @@ def test_interpolate_matches_reference_and_is_zero_on_background():
     ids, _, bary = reference_fragments(vertices, triangles, 32, 48)
     corner_attributes = attributes[np.arange(2)[:, None, None, None], triangles[np.maximum(ids, 0)]]
     expected = np.einsum("bhwk,bhwkc->bhwc", bary, corner_attributes)
-    out = rasterizer.interpolate(attributes, vertices, triangles, fragments)
+    out = rasterizer.interpolate(attributes, fragments, triangles)
     np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5)
     assert np.all(np.asarray(out)[ids < 0] == 0)
 
@@ -282,8 +281,9 @@ def test_interpolate_gradients_match_finite_differences():
         attributes = jnp.asarray(rng.normal(size=(2, vertices.shape[1], 2)), jnp.float64)
         weights = jnp.asarray(rng.normal(size=(2, 12, 16, 2)), jnp.float64)
 
-        def loss(attributes, vertices):  # the visibility (fragments) is held fixed
-            image = rasterizer.interpolate(attributes, vertices, triangles, fragments)
+        def loss(attributes, vertices):  # the visibility has no gradient, the barycentrics do
+            fragments = rasterizer.rasterize(vertices, triangles, 12, 16)
+            image = rasterizer.interpolate(attributes, fragments, triangles)
             return jnp.sum(weights * image**2)
 
         jax.test_util.check_grads(
@@ -302,8 +302,8 @@ def test_jit_and_batch():
     @jax.jit
     def render(vertices, attributes):
         fragments = rasterizer.rasterize(vertices, triangles, 16, 24)
-        color = rasterizer.interpolate(attributes, vertices, triangles, fragments)
-        return fragments, color, rasterizer.silhouette(vertices, triangles, fragments)
+        color = rasterizer.interpolate(attributes, fragments, triangles)
+        return fragments, color, rasterizer.silhouette(fragments, vertices, triangles)
 
     fragments, color, coverage = render(vertices, attributes)
     assert color.shape == (3, 16, 24, 3) and coverage.shape == (3, 16, 24)
@@ -330,7 +330,7 @@ def test_silhouette_gradients_recover_a_translation():
     shift = jnp.array([3.0, -2.0])
 
     def coverage(vertices, fragments):
-        return rasterizer.silhouette(vertices, triangles, fragments, neighbors)
+        return rasterizer.silhouette(fragments, vertices, triangles, neighbors)
 
     def fragments_of(vertices):
         return rasterizer.rasterize(vertices, triangles, height, width)

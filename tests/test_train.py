@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from jaxpr_utils import jit_calls
 
 from configs import common
 from data_pipeline import make_train_iter
@@ -213,17 +214,23 @@ def abstract_step_inputs(config):
 
 def test_the_phase_before_the_triplet_start_has_no_cross_pass(data_dir):
     """The variant before `triplet_start_step` traces no cross-identity generator pass and no
-    VGGFace2 (it runs without the net); the variant after it needs both."""
+    VGGFace2 (it runs without the net); the variant after it needs both. Each reenacted face
+    is rasterized once, for its render and M_3D alike, and no source face at all."""
     config = tiny(data_dir)
     state, batch, frozen, plan = abstract_step_inputs(config)
     without = {k: v for k, v in frozen.items() if k != "vggface2"}
-    before, after = (step.make_step_fn(config, plan, triplet=t) for t in (False, True))
-    _, metrics = jax.eval_shape(before, state, batch, without)
-    assert "triplet" not in metrics
+
+    def trace(triplet, frozen):
+        fn = jax.make_jaxpr(step.make_step_fn(config, plan, triplet=triplet), return_shape=True)
+        traced, (_, metrics) = fn(state, batch, frozen)
+        return jit_calls(traced, "rasterize"), metrics
+
+    rasterizations, metrics = trace(False, without)
+    assert "triplet" not in metrics and rasterizations == 1
     with pytest.raises(KeyError, match="vggface2"):
-        jax.eval_shape(after, state, batch, without)
-    _, metrics = jax.eval_shape(after, state, batch, frozen)
-    assert "triplet" in metrics
+        trace(True, without)
+    rasterizations, metrics = trace(True, frozen)
+    assert "triplet" in metrics and rasterizations == 2  # the self- and the cross-driven face
 
 
 def test_online_regressor_coefficients_need_no_batch_coefficients(data_dir):

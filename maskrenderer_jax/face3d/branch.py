@@ -61,8 +61,8 @@ def branch_inputs(
     source = _unmirror(source_coeffs.astype(jnp.float32), source_flipped)
     driving = _unmirror(driving_coeffs.astype(jnp.float32), driving_flipped)
     target = reenact_coefficients(source, driving, driving_initial_coeffs)
-    field = motion_field(model, source, target, image_size)
     face = render(model, target, image_size, antialias=True)
+    field = motion_field(model, source, face["fragments"], image_size)  # rasterized once
     motion = field["motion"]
     if source_flipped is not None:  # x is a source position
         x_sign = jnp.where(source_flipped, -1.0, 1.0)[:, None, None]

@@ -32,6 +32,16 @@ def pixels_to_grid(xy: jax.Array, image_size: int) -> jax.Array:
     return 2.0 * (xy - 0.5) / (image_size - 1) - 1.0
 
 
+def _rasterize_face(
+    model: mm.MorphableModel, screen: jax.Array, image_size: int
+) -> rasterizer.Fragments:
+    """The face mesh at `screen_vertices`, as Deep3DFace's renderer draws it (back faces
+    culled, clipped at its near plane)."""
+    return rasterizer.rasterize(
+        screen, model.triangles, image_size, image_size, cull_backfaces=True, znear=ZNEAR
+    )
+
+
 def render(
     model: mm.MorphableModel, coeffs: jax.Array, image_size: int, *, antialias: bool = True
 ) -> dict:
@@ -45,20 +55,18 @@ def render(
     Returns:
       {'image': [B, S, S, 3] float32 lit colour, black background (not clipped, as
        Deep3DFace), 'mask': [B, S, S] float32 coverage in [0, 1] (hard 0/1 without
-       antialias), 'depth': [B, S, S] view depth, 0 off the face, 'fragments',
-       'screen': [B, N, 3] rasterizer vertices, 'landmarks': [B, 68, 2] continuous pixels
-       (x, y down), plus `reconstruct`'s outputs}.
+       antialias), 'depth': [B, S, S] view depth, 0 off the face, 'fragments' (the
+       rasterizer's, e.g. for `motion_field`), 'screen': [B, N, 3] rasterizer vertices,
+       'landmarks': [B, 68, 2] continuous pixels (x, y down), plus `reconstruct`'s outputs}.
     """
     recon = mm.reconstruct(model, coeffs, image_size)
     screen = screen_vertices(recon["vertices"], image_size, model)
-    fragments = rasterizer.rasterize(
-        screen, model.triangles, image_size, image_size, cull_backfaces=True, znear=ZNEAR
-    )
+    fragments = _rasterize_face(model, screen, image_size)
     attributes = jnp.concatenate([recon["colors"], jnp.ones_like(recon["colors"][..., :1])], -1)
-    shaded = rasterizer.interpolate(attributes, screen, model.triangles, fragments)
+    shaded = rasterizer.interpolate(attributes, fragments, model.triangles)
     if antialias:
         shaded = rasterizer.antialias(
-            shaded, screen, model.triangles, fragments, model.triangle_neighbors
+            shaded, fragments, screen, model.triangles, model.triangle_neighbors
         )
     return {
         **recon,
@@ -91,48 +99,50 @@ def reenact_coefficients(
 
 
 def motion_field(
-    model: mm.MorphableModel, source_coeffs: jax.Array, target_coeffs: jax.Array, image_size: int
+    model: mm.MorphableModel,
+    source_coeffs: jax.Array,
+    target_fragments: rasterizer.Fragments,
+    image_size: int,
+    *,
+    source_visibility: bool = False,
 ) -> dict:
     """M_3D: for each target pixel on the face, where the same surface point lies in the source.
 
-    The target mesh is rasterized; each covered pixel's perspective-correct barycentrics pick
-    the surface point, whose source camera-space position is interpolated from the source
-    mesh (same topology) and projected. Exact in 3D, not an interpolation of 2D projections.
+    Each covered target pixel's perspective-correct barycentrics (`target_fragments`) pick the
+    surface point, whose source camera-space position is interpolated from the source mesh
+    (same topology) and projected. Exact in 3D, not an interpolation of 2D projections. The
+    target is not rasterized again: its fragments are the ones its render drew.
 
     Args:
-      source_coeffs, target_coeffs: [B, 257] (target = e.g. `reenact_coefficients(...)`).
+      source_coeffs: [B, 257].
+      target_fragments: `render(model, target_coeffs, image_size)['fragments']` (target =
+        e.g. `reenact_coefficients(...)`).
       image_size: static S.
+      source_visibility: also rasterize the source mesh for 'source_visible'.
     Returns:
       {'motion': [B, S, S, 2] (x, y) in the FOMM grid convention (align_corners=True), the
        identity grid off the face; 'coverage': [B, S, S] float32 {0, 1}, where the target face
-       is; 'source_visible': [B, S, S] float32 {0, 1}, covered pixels whose surface point is
-       also the visible one in the source render (not self-occluded there)}.
+       is; with `source_visibility`, 'source_visible': [B, S, S] float32 {0, 1}, covered
+       pixels whose surface point is also the visible one in the source render (not
+       self-occluded there)}.
     """
     source = mm.reconstruct(model, source_coeffs, image_size)
-    target = mm.reconstruct(model, target_coeffs, image_size)
-    screen_t = screen_vertices(target["vertices"], image_size, model)
-    screen_s = screen_vertices(source["vertices"], image_size, model)
-    frags_t = rasterizer.rasterize(
-        screen_t, model.triangles, image_size, image_size, cull_backfaces=True, znear=ZNEAR
-    )
-    points = rasterizer.interpolate(source["vertices"], screen_t, model.triangles, frags_t)
-    covered = frags_t.triangle_id >= 0
+    points = rasterizer.interpolate(source["vertices"], target_fragments, model.triangles)
+    covered = target_fragments.triangle_id >= 0
     safe = jnp.where(covered[..., None], points, jnp.array([0.0, 0.0, 1.0]))
     source_xy = screen_vertices(safe, image_size, model)[..., :2]
     grid = jnp.broadcast_to(coordinate_grid(image_size, image_size), source_xy.shape)
     motion = jnp.where(covered[..., None], pixels_to_grid(source_xy, image_size), grid)
+    out = {"motion": motion, "coverage": covered.astype(jnp.float32)}
+    if not source_visibility:
+        return out
 
     # Self-occlusion in the source: the surface point must be the nearest one at its pixel.
-    frags_s = rasterizer.rasterize(
-        screen_s, model.triangles, image_size, image_size, cull_backfaces=True, znear=ZNEAR
-    )
+    screen_s = screen_vertices(source["vertices"], image_size, model)
+    source_depth = _rasterize_face(model, screen_s, image_size).depth
     col = jnp.clip(jnp.floor(source_xy[..., 0]).astype(jnp.int32), 0, image_size - 1)
     row = jnp.clip(jnp.floor(source_xy[..., 1]).astype(jnp.int32), 0, image_size - 1)
     batch = jnp.arange(col.shape[0])[:, None, None]
-    nearest = frags_s.depth[batch, row, col]
+    nearest = source_depth[batch, row, col]
     visible = covered & (nearest > 0) & (safe[..., 2] <= nearest * 1.01 + 1e-3)
-    return {
-        "motion": motion,
-        "coverage": covered.astype(jnp.float32),
-        "source_visible": visible.astype(jnp.float32),
-    }
+    return {**out, "source_visible": visible.astype(jnp.float32)}

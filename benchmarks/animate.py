@@ -17,9 +17,7 @@ reported apart; the others are medians of --frames repetitions.
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +32,7 @@ from data_pipeline import synthetic_heads
 from maskrenderer_jax.face3d import recon_net, synthetic_bfm
 from maskrenderer_jax.inference.reenact import Reenactor
 from maskrenderer_jax.models import maskrenderer as mr
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import torch_utils  # noqa: E402
+from tests import torch_utils
 
 SECTION = "## Animate (vox-256, CPU)"
 

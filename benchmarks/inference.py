@@ -13,9 +13,7 @@ swapped every round) so machine noise hits both alike; each reports its median.
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -27,8 +25,7 @@ from converters import fomm
 from maskrenderer_jax.models import maskrenderer as mr
 
 # The torch FOMM mirror lives with the tests, not in the package: import it from tests/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import torch_utils  # noqa: E402
+from tests import torch_utils
 
 SECTION = "## Inference (FOMM vox-256, 256², CPU)"
 TOLERANCE = 1e-3  # max |JAX - torch| of the prediction; the parity tests hold 1e-4 at batch 1

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -34,12 +33,7 @@ from maskrenderer_jax.train import run_plan
 from maskrenderer_jax.train import step as train_step
 from maskrenderer_jax.train.frozen import load_frozen
 from maskrenderer_jax.train.state import init_state
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import fomm_torch_train  # noqa: E402
-import losses_torch  # noqa: E402
-import torch_utils  # noqa: E402
-import vgg_torch  # noqa: E402
+from tests import fomm_torch_train, losses_torch, torch_utils, vgg_torch
 
 SECTION = "## Learning curves: JAX vs PyTorch FOMM"
 ROOT = Path(__file__).resolve().parents[1]

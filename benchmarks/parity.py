@@ -9,8 +9,6 @@ atol 1e-4; this table records the measured values.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,10 +18,8 @@ from configs import fomm_vox256, tiny
 from converters import deep3dface, fomm
 
 # The torch mirrors live with the tests, not in the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import resnet_torch  # noqa: E402
-import torch_utils  # noqa: E402
-from test_fomm_parity import images  # noqa: E402
+from tests import resnet_torch, torch_utils
+from tests.test_fomm_parity import images
 
 SECTION = "## Parity with the PyTorch reference"
 

@@ -23,7 +23,6 @@ import dataclasses
 import os
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -38,9 +37,7 @@ from maskrenderer_jax.train import run_plan, sharding
 from maskrenderer_jax.train.trainer import Trainer
 
 # The torch FOMM mirror lives with the tests, not in the package: import it from tests/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import fomm_torch_train  # noqa: E402
-import torch_utils  # noqa: E402
+from tests import fomm_torch_train, torch_utils
 
 SECTION = "## Training step"
 # (name, config, has a torch reference); the batch size follows the image size.

@@ -9,8 +9,9 @@ when `generator_gan != 0`; vox-256 (weight 0) trains without it.
 
 import numpy as np
 import torch
-import vgg_torch
-from losses_torch import (
+
+from tests import vgg_torch
+from tests.losses_torch import (
     ImagePyramide,
     Transform,
     discriminator_gan_loss,

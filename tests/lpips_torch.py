@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import vgg_torch
 from torch import nn
+
+from tests import vgg_torch
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M")
 VGG16_CFG += (512, 512, 512, "M")

@@ -5,7 +5,6 @@ import av
 import numpy as np
 import pytest
 import torch
-import torch_utils
 from PIL import Image
 from scipy.spatial import ConvexHull
 
@@ -15,6 +14,7 @@ from maskrenderer_jax import cli_errors, media
 from maskrenderer_jax.animate import main as animate
 from maskrenderer_jax.inference.reenact import Reenactor
 from maskrenderer_jax.train.checkpoint import write_run_config
+from tests import torch_utils
 
 SIZE = 64  # configs/tiny.py
 

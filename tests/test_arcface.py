@@ -5,17 +5,17 @@ definition, scikit-image and OpenCV."""
 
 import logging
 
-import arcface_torch
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from torch_utils import nhwc
 
 from converters import arcface as converter
 from converters import torch_layout
 from maskrenderer_jax.nets import arcface
+from tests import arcface_torch
+from tests.torch_utils import nhwc
 
 ATOL = 1e-4
 SMALL = (1, 1, 1, 1)  # one block per layer: every kind of module, a fraction of the cost

@@ -7,11 +7,11 @@ import re
 import numpy as np
 import pytest
 import torch
-import torch_utils
-from test_fomm_parity import images
 
 from configs import tiny
 from converters import fomm, safe_load, torch_layout
+from tests import torch_utils
+from tests.test_fomm_parity import images
 
 TINY = "configs/tiny.py:fomm"
 

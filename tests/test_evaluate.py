@@ -227,7 +227,8 @@ def test_macs_per_frame_of_fomm_vox256_is_fomms():
 
 def test_cli_evaluates_a_fomm_checkpoint(config, tmp_path, capsys):
     import torch
-    import torch_utils
+
+    from tests import torch_utils
 
     fomm_config = load_config("configs/tiny.py:fomm")
     checkpoint = tmp_path / "fomm.pth.tar"

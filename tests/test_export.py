@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch_utils
 
 from configs import tiny
 from converters import export, export_format, torch_layout
@@ -22,6 +21,7 @@ from maskrenderer_jax.cli_errors import UserError
 from maskrenderer_jax.models import maskrenderer as mr
 from maskrenderer_jax.train import checkpoint
 from maskrenderer_jax.train.state import init_state
+from tests import torch_utils
 
 ALL = "kp_detector,generator,discriminator"
 

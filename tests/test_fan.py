@@ -5,16 +5,16 @@ trip, the CLI and the random-weights warning."""
 
 import logging
 
-import fan_torch
 import jax
 import numpy as np
 import pytest
 import torch
-from torch_utils import nchw, nhwc, random_images
 
 from converters import fan as fan_converter
 from converters import torch_layout
 from maskrenderer_jax.nets import fan
+from tests import fan_torch
+from tests.torch_utils import nchw, nhwc, random_images
 
 ATOL = 1e-4
 

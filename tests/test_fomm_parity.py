@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import pytest
 import torch
-import torch_utils
 
 from configs import fomm_vox256, tiny
 from converters import fomm
 from maskrenderer_jax.models import maskrenderer as mr
+from tests import torch_utils
 
 ATOL = 1e-4
 

@@ -6,18 +6,18 @@ init."""
 import logging
 import sys
 
-import inception_torch
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch_utils import nchw, nhwc, random_images
 
 from converters import inception as converter
 from converters import torch_layout
 from maskrenderer_jax.nets import inception
+from tests import inception_torch
+from tests.torch_utils import nchw, nhwc, random_images
 
 ATOL = 1e-4
 ODD = (2, 64, 80)  # batch, height, width: upsampled to 299 with different row/column weights

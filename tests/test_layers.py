@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torch_utils
 
 from converters.maskrenderer_torch import layers as torch_layers
 from maskrenderer_jax.models import layers
+from tests import torch_utils
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 16, 16, 5)])

@@ -2,17 +2,17 @@
 
 import jax
 import jax.numpy as jnp
-import losses_torch as lt
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch_utils import nchw, nhwc
 
 from configs import tiny
 from maskrenderer_jax import losses
 from maskrenderer_jax.losses import equivariance
 from maskrenderer_jax.models import maskrenderer as mr
+from tests import losses_torch as lt
+from tests.torch_utils import nchw, nhwc
 
 ATOL = 1e-5
 SCALES = (1, 0.5, 0.25, 0.125)

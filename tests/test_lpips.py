@@ -9,16 +9,16 @@ import logging
 import pickle
 
 import jax
-import lpips_torch
 import numpy as np
 import pytest
 import torch
 from skimage import data, filters, transform
-from torch_utils import random_images
 
 from converters import lpips as converter
 from converters import safe_load, torch_layout
 from maskrenderer_jax.nets import lpips
+from tests import lpips_torch
+from tests.torch_utils import random_images
 
 NETS = ("alex", "vgg")
 RTOL = 1e-5

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import resnet_torch
 import torch
-from torch_utils import nchw, nhwc, random_images
 
 from converters import deep3dface, safe_load, torch_layout
 from maskrenderer_jax.face3d import recon_net
 from maskrenderer_jax.nets import ResNet50
+from tests import resnet_torch
+from tests.torch_utils import nchw, nhwc, random_images
 
 ATOL = 1e-4
 

@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxpr_utils import jit_calls
 
 from maskrenderer_jax.face3d import morphable_model as mm
 from maskrenderer_jax.face3d import rasterizer, render, synthetic_bfm
 from maskrenderer_jax.face3d.branch import branch_inputs
 from maskrenderer_jax.models.layers import coordinate_grid, warp
+from tests.jaxpr_utils import jit_calls
 
 SIZE = 64
 

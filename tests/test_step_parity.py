@@ -10,16 +10,15 @@ import jax
 import numpy as np
 import pytest
 import torch
-import torch_utils
-import vgg_torch
-from fomm_torch_train import FommTrainStep
-from losses_torch import Transform
 
 from benchmarks.inference import smooth_images
 from configs import common, fomm_vox256, tiny
 from converters import fomm, fomm_step
 from converters import vgg19 as vgg19_converter
 from maskrenderer_jax import params_io
+from tests import torch_utils, vgg_torch
+from tests.fomm_torch_train import FommTrainStep
+from tests.losses_torch import Transform
 
 TINY_FOMM = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.py") + ":fomm"
 

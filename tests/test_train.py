@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from jaxpr_utils import jit_calls
 
 from configs import common
 from data_pipeline import make_train_iter
@@ -33,6 +32,7 @@ from maskrenderer_jax.train.checkpoint import Checkpoints, load_generator_variab
 from maskrenderer_jax.train.frozen import load_frozen
 from maskrenderer_jax.train.state import init_state
 from maskrenderer_jax.train.trainer import Trainer
+from tests.jaxpr_utils import jit_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = str(ROOT / "tests" / "train_runs.py")

@@ -9,15 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import resnet_torch
 import torch
-import vgg_torch
-from torch_utils import nchw, nhwc, random_images
 
 from converters import safe_load, torch_layout
 from converters import vgg19 as vgg19_converter
 from converters import vggface2 as vggface2_converter
 from maskrenderer_jax.nets import VGGFace2, vgg19, vggface2
+from tests import resnet_torch, vgg_torch
+from tests.torch_utils import nchw, nhwc, random_images
 
 ATOL = 1e-4
 

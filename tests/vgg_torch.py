@@ -12,9 +12,10 @@ architectures with their state-dict names (torchvision is not installed beside t
 """
 
 import numpy as np
-import resnet_torch
 import torch
 from torch import nn
+
+from tests import resnet_torch
 
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M")
 VGG19_CFG += (512, 512, 512, 512, "M", 512, 512, 512, 512, "M")

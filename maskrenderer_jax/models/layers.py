@@ -192,10 +192,12 @@ SMALL_MAP_PIXELS = 4
 
 class Conv(nn.Module):
     """nn.Conv(features, (k, k), stride 1, padding k // 2) with the same parameters ('kernel'
-    [k, k, I, O], 'bias' [O]) and results, computed as patches @ kernel on tiny maps."""
+    [k, k, I, O], 'bias' [O] unless use_bias=False) and results, computed as patches @ kernel
+    on tiny maps."""
 
     features: int
     kernel_size: int = 3
+    use_bias: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -206,7 +208,6 @@ class Conv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features),
             self.param_dtype,
         )  # fmt: skip
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         padding = ((k // 2, k // 2),) * 2
         numbers = ("NHWC", "HWIO", "NHWC")
@@ -218,6 +219,9 @@ class Conv(nn.Module):
             y = patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, self.features)
         else:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=numbers)
+        if not self.use_bias:
+            return y
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         return y + bias.astype(self.dtype)
 
 

@@ -1,7 +1,7 @@
 """Where a FOMM training step spends its time: per-op breakdown of our JAX step and FOMM's torch
 step, grouped by the same op kinds.
 
-python -m benchmarks.profile_step [--vox-256] [--steps N] [--top N] [--write]
+python -m benchmarks.profile_step [--only NAME]... [--steps N] [--top N] [--thunks N] [--write]
 
 JAX: `jax.profiler` traces N steps of the compiled Trainer.step; every XLA:CPU thunk event is
 matched to its HLO instruction in the compiled module (`Compiled.as_text()`) and classified by
@@ -32,7 +32,12 @@ from maskrenderer_jax.train import sharding
 from maskrenderer_jax.train.trainer import Trainer
 
 SECTION = "## Training step profile"
-CASES = {"FOMM tiny": ("configs/tiny.py:fomm", 8), "FOMM vox-256": ("configs/fomm_vox256.py", 2)}
+# name: (config, batch, has a torch reference)
+CASES = {
+    "FOMM tiny": ("configs/tiny.py:fomm", 8, True),
+    "FOMM vox-256": ("configs/fomm_vox256.py", 2, True),
+    "MaskRenderer tiny": ("configs/tiny.py", 8, False),
+}
 KINDS = (
     "convolution forward",
     "convolution backward",
@@ -132,7 +137,8 @@ def profile_jax(config, batch: dict, steps: int) -> tuple[dict, dict, dict, floa
     trainer = Trainer(config, sharding.make_mesh(config.mesh))
     state = trainer.init_state()
     trainer.compile(batch)
-    instructions, computations = parse_hlo(trainer._variants[False].as_text())
+    (compiled,) = trainer._variants.values()  # one variant: the triplet phase starts at 0
+    instructions, computations = parse_hlo(compiled.as_text())
     device_batch = trainer.device_batch(batch)
     walls, events = [], []
     for step in range(steps + 1):  # warm-up, then the traced steps
@@ -188,20 +194,25 @@ def profile_torch(config, batch: dict, steps: int) -> tuple[dict, float]:
 
 
 def kind_table(name: str, jax_kinds: dict, torch_kinds: dict, walls: dict) -> str:
-    totals = {"jax": sum(jax_kinds.values()), "torch": sum(torch_kinds.values())}
+    """Per kind: ms/step and share of each framework's total ("—" for torch without one)."""
+
+    def cells(kinds: dict, kind: str | None) -> str:
+        if not kinds:
+            return "— | —"
+        total = sum(kinds.values())
+        seconds = total if kind is None else kinds.get(kind, 0.0)
+        return f"{seconds * 1e3:.0f} | {seconds / total:.0%}"
+
+    torch_wall = f"{walls['torch']:.2f}" if torch_kinds else "—"
     lines = [
-        f"**{name}** (wall s/step while profiled: JAX {walls['jax']:.2f}, "
-        f"torch {walls['torch']:.2f})",
+        f"**{name}** (wall s/step while profiled: JAX {walls['jax']:.2f}, torch {torch_wall})",
         "",
         "| op kind | JAX ms/step | JAX share | torch ms/step | torch share |",
         "|---|---:|---:|---:|---:|",
     ]
-    for kind in KINDS:
-        j, t = jax_kinds.get(kind, 0.0), torch_kinds.get(kind, 0.0)
-        lines.append(f"| {kind} | {j * 1e3:.0f} | {j / totals['jax']:.0%} "
-                     f"| {t * 1e3:.0f} | {t / max(totals['torch'], 1e-9):.0%} |")  # fmt: skip
-    lines.append(f"| total | {totals['jax'] * 1e3:.0f} | 100% | {totals['torch'] * 1e3:.0f} "
-                 "| 100% |")  # fmt: skip
+    for kind in (*KINDS, None):
+        row = (kind or "total", cells(jax_kinds, kind), cells(torch_kinds, kind))
+        lines.append(f"| {' | '.join(row)} |")
     return "\n".join(lines)
 
 
@@ -220,7 +231,8 @@ def component_table(name: str, by_component: dict, top: int) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__)
-    parser.add_argument("--vox-256", action="store_true", help="also FOMM vox-256 (batch 2)")
+    parser.add_argument("--only", action="append", choices=list(CASES),
+                        help="profile only this config (repeatable); default: all")  # fmt: skip
     parser.add_argument("--no-torch", action="store_true", help="profile only the JAX step")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps per framework")
     parser.add_argument("--top", type=int, default=12, help="rows of the per-network table")
@@ -229,20 +241,21 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     start_facts = report.facts()
-    names = list(CASES) if args.vox_256 else ["FOMM tiny"]
     tables = []
-    for name in names:
-        spec, batch_size = CASES[name]
+    for name in args.only or CASES:
+        spec, batch_size, with_torch = CASES[name]
         config = common.load_config(spec)
         config.data.batch_size = batch_size
         config.pretrained.perceptual = "vgg19"
+        if config.loss.alpha:  # as benchmarks.train_step: the steady state, triplet from step 0
+            config.loss.triplet_start_step = 0
         batch = train_step.synthetic_batch(config, batch_size)
         jax_kinds, jax_components, thunks, jax_wall = profile_jax(config, batch, args.steps)
         for (thunk, kind, op_name), seconds in thunks.most_common(args.thunks):
             print(f"{seconds * 1e3:8.1f} ms  {thunk}  [{kind}]  {op_name}")
-        torch_kinds, torch_wall = (
-            ({}, float("nan")) if args.no_torch else profile_torch(config, batch, args.steps)
-        )
+        torch_kinds, torch_wall = {}, float("nan")
+        if with_torch and not args.no_torch:
+            torch_kinds, torch_wall = profile_torch(config, batch, args.steps)
         walls = {"jax": jax_wall, "torch": torch_wall}
         tables += [kind_table(f"{name}, batch {batch_size}", jax_kinds, torch_kinds, walls),
                    component_table(name, jax_components, args.top)]  # fmt: skip

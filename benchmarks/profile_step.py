@@ -61,8 +61,12 @@ MOVEMENT = {
 }  # fmt: skip
 
 
+PLUMBING = {"parameter", "constant", "tuple", "get-tuple-element"}  # no work of their own
+
+
 def parse_hlo(text: str) -> tuple[dict, dict]:
-    """({instruction: (opcode, called computation or None, op_name)}, {computation: opcodes})."""
+    """({instruction: (opcode, called computation or None, op_name)},
+    {computation: the opcodes that do work in it})."""
     instructions, computations, current = {}, collections.defaultdict(set), None
     for line in text.splitlines():
         if not line.startswith(" "):
@@ -75,7 +79,8 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
         name, opcode = match.groups()
         calls, op_name = HLO_CALLS.search(line), HLO_OP_NAME.search(line)
         instructions[name] = (opcode, calls and calls.group(1), op_name and op_name.group(1))
-        computations[current].add(opcode)
+        if opcode not in PLUMBING:
+            computations[current].add(opcode)
     return instructions, computations
 
 

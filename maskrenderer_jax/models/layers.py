@@ -113,8 +113,9 @@ def gaussian_kernel(scale: float) -> np.ndarray:
 
 
 def antialias_matrix(length: int, scale: float) -> np.ndarray:
-    """[ceil(length * s), length] float32: one axis of FOMM's anti-alias downsampling, the
-    zero-padded Gaussian blur then every (1/s)-th sample, as a matrix.
+    """[floor(length * s), length] float32: one axis of FOMM's anti-alias downsampling, the
+    zero-padded Gaussian blur then every (1/s)-th sample (nearest interpolation by s: a
+    length not divisible by 1/s loses its last samples, as torch's), as a matrix.
 
     FOMM's 2-D kernel is the outer product of one 1-D kernel with itself (normalised), so the
     blur + subsampling of an image is A x A^T with A this matrix (row i holds the 1-D kernel
@@ -123,7 +124,7 @@ def antialias_matrix(length: int, scale: float) -> np.ndarray:
     taps = gaussian_kernel(scale).sum(axis=1, dtype=np.float64)
     step = int(round(1.0 / scale))
     half = len(taps) // 2  # odd kernel: centred
-    matrix = np.zeros((-(-length // step), length), np.float64)
+    matrix = np.zeros((int(np.floor(length * scale)), length), np.float64)
     for row in range(matrix.shape[0]):
         for tap, weight in enumerate(taps):
             column = row * step + tap - half

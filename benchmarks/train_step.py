@@ -1,6 +1,7 @@
 """Training-step speed: our compiled JAX step (maskrenderer_jax.train) vs FOMM's torch step.
 
-python -m benchmarks.train_step [--batch-64 8] [--batch-256 2] [--iters N] [--write]
+python -m benchmarks.train_step [--batch-64 8] [--batch-256 2] [--iters N] [--only NAME]...
+    [--write]
 
 One step is what train.py repeats: generator forward, the generator losses (VGG19 perceptual
 pyramid, TPS equivariance with a keypoint pass on the transformed driving frame; with
@@ -194,8 +195,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-256", type=int, default=2, help="batch of the 256² configs")
     parser.add_argument("--iters", type=int, default=3, help="timed steps per implementation")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--only", action="append", choices=[name for name, *_ in CASES],
+                        help="run only this config (repeatable); not with --write")  # fmt: skip
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args(argv)
+    if args.only and args.write:
+        parser.error("--write records the whole table: run it without --only")
 
     start_facts = report.facts()  # load average before we add to it
     torch.set_num_threads(args.torch_threads)
@@ -204,7 +209,8 @@ def main(argv=None) -> None:
     def batch_of(spec):
         return args.batch_256 if common.load_config(spec).model.image_size == 256 else args.batch_64
 
-    results = [bench(n, s, t, batch_of(s), args.iters) for n, s, t in CASES]
+    cases = [case for case in CASES if not args.only or case[0] in args.only]
+    results = [bench(n, s, t, batch_of(s), args.iters) for n, s, t in cases]
     if on_gpu:
         name, spec, _ = GPU_CASE
         batch = common.load_config(spec).data.batch_size  # the paper's

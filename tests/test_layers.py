@@ -1,5 +1,7 @@
-"""Layer-level behaviour against torch: warp (grid_sample), resizing, anti-alias, CBAM."""
+"""Layer-level behaviour against torch: warp (grid_sample), resizing, anti-alias, pools,
+the small-map conv, CBAM."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,17 +70,60 @@ def test_resize_bilinear_matches_interpolate(size):
     )
 
 
-@pytest.mark.parametrize("scale", [0.25, 0.5])
-def test_antialias_downsample_matches_fomm(scale):
-    x = np.random.default_rng(2).uniform(size=(2, 64, 64, 3)).astype(np.float32)
-    reference = torch_layers.AntiAliasInterpolation2d(3, scale)
-    with torch.no_grad():
-        expected = reference(torch_utils.nchw(x))
-    got = layers.AntiAliasDownsample(scale).apply({}, jnp.asarray(x))
-    np.testing.assert_allclose(got, torch_utils.nhwc(expected), atol=1e-6)
+@pytest.mark.parametrize(("scale", "shape"), [(0.25, (2, 64, 64, 3)), (0.5, (2, 64, 64, 3)),
+                                             (0.25, (1, 33, 18, 2))])  # fmt: skip
+def test_antialias_downsample_matches_fomm(scale, shape):
+    """Values and input gradient (the matmul form is also the gradient's), odd sizes too."""
+    x = np.random.default_rng(2).uniform(size=shape).astype(np.float32)
+    reference = torch_layers.AntiAliasInterpolation2d(shape[-1], scale)
+    x_torch = torch_utils.nchw(x).requires_grad_(True)
+    expected = reference(x_torch)
+    down = lambda v: layers.AntiAliasDownsample(scale).apply({}, v)
+    got, vjp = jax.vjp(down, jnp.asarray(x))
+    np.testing.assert_allclose(got, torch_utils.nhwc(expected.detach()), atol=1e-6)
+    weights = np.random.default_rng(4).normal(size=got.shape).astype(np.float32)
+    (expected * torch_utils.nchw(weights)).sum().backward()
+    np.testing.assert_allclose(
+        vjp(jnp.asarray(weights))[0], torch_utils.nhwc(x_torch.grad), atol=1e-6
+    )
     np.testing.assert_allclose(
         layers.gaussian_kernel(scale), reference.weight[0, 0].numpy(), atol=1e-7
     )
+
+
+@pytest.mark.parametrize(
+    ("pool", "torch_pool"),
+    [(layers.avg_pool2x2, F.avg_pool2d), (layers.max_pool2x2, F.max_pool2d)],
+)
+@pytest.mark.parametrize("shape", [(2, 8, 12, 3), (1, 7, 9, 2)])
+def test_2x2_pools_and_their_gradients_match_torch(pool, torch_pool, shape):
+    """Distinct values (no ties in a max window); odd sizes drop the last row/column."""
+    x = np.random.default_rng(5).permutation(np.prod(shape)).reshape(shape).astype(np.float32)
+    x_torch = torch_utils.nchw(x).requires_grad_(True)
+    expected = torch_pool(x_torch, 2)
+    got, vjp = jax.vjp(pool, jnp.asarray(x))
+    np.testing.assert_allclose(got, torch_utils.nhwc(expected.detach()), rtol=1e-6)
+    weights = np.random.default_rng(6).normal(size=got.shape).astype(np.float32)
+    (expected * torch_utils.nchw(weights)).sum().backward()
+    np.testing.assert_allclose(
+        vjp(jnp.asarray(weights))[0], torch_utils.nhwc(x_torch.grad), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_conv_small_map_form_equals_flax_conv(use_bias):
+    """Maps of <= SMALL_MAP_PIXELS take patches @ kernel: same parameters, same results."""
+    x = jax.random.normal(jax.random.key(0), (3, 2, 2, 16))
+    conv = layers.Conv(8, 3, use_bias=use_bias)
+    variables = conv.init(jax.random.key(1), x)
+    if use_bias:
+        bias = jax.random.normal(jax.random.key(2), (8,))
+        variables = {"params": {**variables["params"], "bias": bias}}
+    reference = flax.linen.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=use_bias)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, reference.init(jax.random.key(1), x)
+    )
+    np.testing.assert_allclose(conv.apply(variables, x), reference.apply(variables, x), atol=1e-5)
 
 
 def test_kp2gaussian_matches_fomm():

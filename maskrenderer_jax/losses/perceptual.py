@@ -29,8 +29,7 @@ def perceptual_loss(
 
     Args:
       features_fn: images [N, h, w, 3] float32 in [0, 1] -> list of feature maps (VGG19
-        relu1_1..relu5_1 for MaskRenderer/FOMM, normalisation inside). It must treat batch
-        elements independently: prediction and target go through it in one call.
+        relu1_1..relu5_1 for MaskRenderer/FOMM, normalisation inside).
       prediction, target: [B, H, W, 3] float32 in [0, 1].
       scales: pyramid scales (FOMM: [1, 0.5, 0.25, 0.125]).
       weights: one weight per feature map; layers beyond `len(weights)` and layers of weight 0
@@ -38,24 +37,27 @@ def perceptual_loss(
     Returns:
       scalar float32 (already weighted; FOMM's `loss_values['perceptual']`).
     """
-    batch = prediction.shape[0]
     pyr_pred = image_pyramid(prediction, scales)
     pyr_real = image_pyramid(target, scales)
     total = jnp.zeros((), jnp.float32)
     for scale in scales:
         key = pyramid_key(scale)
-        # One call for both halves: half the dispatches and better utilisation of the frozen net.
-        feats = features_fn(jnp.concatenate([pyr_pred[key], pyr_real[key]], axis=0))
-        for layer, (weight, feat) in enumerate(zip(weights, feats, strict=False)):
+        # Two calls, as FOMM: through one call on both halves, the backward pass would run the
+        # network's input gradient for the target half too (half of VGG19's backward time).
+        pred_feats = features_fn(pyr_pred[key])
+        real_feats = features_fn(jax.lax.stop_gradient(pyr_real[key]))
+        for layer, (weight, pred_feat, real_feat) in enumerate(
+            zip(weights, pred_feats, real_feats, strict=False)
+        ):
             if weight == 0:
                 continue
-            if feat.size == 0:
+            if pred_feat.size == 0:
                 raise ValueError(
                     f"pyramid scale {scale} gives {pyr_pred[key].shape[1]}x"
                     f"{pyr_pred[key].shape[2]} images, too small for feature map {layer} "
                     f"(empty): drop the scale or that layer's weight"
                 )
-            x = feat[:batch].astype(jnp.float32)
-            y = jax.lax.stop_gradient(feat[batch:].astype(jnp.float32))
+            x = pred_feat.astype(jnp.float32)
+            y = real_feat.astype(jnp.float32)
             total = total + weight * jnp.mean(jnp.abs(x - y))
     return total

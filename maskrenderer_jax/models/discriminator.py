@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrenderer_jax.models.layers import kp2gaussian
+from maskrenderer_jax.models.layers import avg_pool2x2, kp2gaussian
 
 Dtype = Any
 
@@ -105,7 +105,7 @@ class DiscriminatorBlock(nn.Module):
             )(x)
         x = nn.leaky_relu(x, 0.2).astype(self.dtype)
         if self.pool:
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            x = avg_pool2x2(x)
         return x
 
 

@@ -122,6 +122,27 @@ def gaussian_kernel(scale: float) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
+def antialias_matrix(length: int, scale: float) -> np.ndarray:
+    """[floor(length * s), length] float32: one axis of FOMM's anti-alias downsampling, the
+    zero-padded Gaussian blur then every (1/s)-th sample (nearest interpolation by s: a
+    length not divisible by 1/s loses its last samples, as torch's), as a matrix.
+
+    FOMM's 2-D kernel is the outer product of one 1-D kernel with itself (normalised), so the
+    blur + subsampling of an image is A x A^T with A this matrix (row i holds the 1-D kernel
+    centred on pixel i/s). The 1-D kernel is the 2-D one's row sums.
+    """
+    taps = gaussian_kernel(scale).sum(axis=1, dtype=np.float64)
+    step = int(round(1.0 / scale))
+    half = len(taps) // 2  # odd kernel: centred
+    matrix = np.zeros((int(np.floor(length * scale)), length), np.float64)
+    for row in range(matrix.shape[0]):
+        for tap, weight in enumerate(taps):
+            column = row * step + tap - half
+            if 0 <= column < length:
+                matrix[row, column] = weight
+    return matrix.astype(np.float32)
+
+
 class AntiAliasDownsample(nn.Module):
     """FOMM's AntiAliasInterpolation2d: depthwise Gaussian blur, then every (1/s)-th pixel.
 
@@ -136,24 +157,41 @@ class AntiAliasDownsample(nn.Module):
         """x: [B, H, W, C] -> [B, H*s, W*s, C] (float32 in, float32 out)."""
         if self.scale == 1.0:
             return x
-        kernel = jnp.asarray(gaussian_kernel(self.scale))
-        size = kernel.shape[0]
-        ka = size // 2
-        kb = ka - 1 if size % 2 == 0 else ka
-        channels = x.shape[-1]
-        weight = jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels))
-        step = int(round(1.0 / self.scale))
-        # Strided: the same samples as blurring at full resolution and keeping every step-th
-        # pixel, without computing the discarded ones (XLA's CPU grouped conv is slow).
-        return jax.lax.conv_general_dilated(
-            x.astype(jnp.float32),
-            weight,
-            window_strides=(step, step),
-            padding=((ka, kb), (ka, kb)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels,
-            precision=jax.lax.Precision.HIGHEST,
-        )
+        # The Gaussian is separable: two small matmuls (rows, then columns) give the samples
+        # of the strided depthwise convolution. XLA:CPU runs that convolution's gradient (a
+        # 13x13 grouped convolution with input dilation, for the loss pyramid) as slowly as
+        # VGG19's largest layer; see docs/DESIGN_NOTES.md, "Training-step profile".
+        rows = jnp.asarray(antialias_matrix(x.shape[1], self.scale))
+        columns = jnp.asarray(antialias_matrix(x.shape[2], self.scale))
+        highest = jax.lax.Precision.HIGHEST
+        x = jnp.einsum("ih,bhwc->biwc", rows, x.astype(jnp.float32), precision=highest)
+        return jnp.einsum("jw,biwc->bijc", columns, x, precision=highest)
+
+
+def _windows2x2(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H//2, 2, W//2, 2, C] (an odd last row or column dropped, as torch)."""
+    batch, height, width, channels = x.shape
+    height, width = height // 2 * 2, width // 2 * 2
+    return x[:, :height, :width].reshape(batch, height // 2, 2, width // 2, 2, channels)
+
+
+# The 2x2 pools are reductions over a reshape, not window reductions: their gradients are then
+# a broadcast (mean) and a compare-select (max) that XLA fuses, where XLA:CPU runs the
+# gradient of a window reduction as a padded reduce-window (mean) or a select-and-scatter
+# expanded into a reduce-window over index tuples (max), several times slower
+# (docs/DESIGN_NOTES.md, "Training-step profile").
+
+
+def avg_pool2x2(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H//2, W//2, C], torch `F.avg_pool2d(x, 2)`; float32 sums."""
+    return jnp.mean(_windows2x2(x), axis=(2, 4), dtype=jnp.float32).astype(x.dtype)
+
+
+def max_pool2x2(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H//2, W//2, C], torch `F.max_pool2d(x, 2)`. Where a window holds
+    its maximum more than once the gradient is shared among those positions, where torch's
+    goes to the first; after a ReLU (VGG) such ties are zeros, whose gradient is zero anyway."""
+    return jnp.max(_windows2x2(x), axis=(2, 4))
 
 
 # XLA:CPU (jaxlib 0.10.2) runs a 3x3 convolution on a 2x2 map with hundreds of channels ~30x
@@ -165,10 +203,12 @@ SMALL_MAP_PIXELS = 4
 
 class Conv(nn.Module):
     """nn.Conv(features, (k, k), stride 1, padding k // 2) with the same parameters ('kernel'
-    [k, k, I, O], 'bias' [O]) and results, computed as patches @ kernel on tiny maps."""
+    [k, k, I, O], 'bias' [O] unless use_bias=False) and results, computed as patches @ kernel
+    on tiny maps."""
 
     features: int
     kernel_size: int = 3
+    use_bias: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -179,7 +219,6 @@ class Conv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features),
             self.param_dtype,
         )  # fmt: skip
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         padding = ((k // 2, k // 2),) * 2
         numbers = ("NHWC", "HWIO", "NHWC")
@@ -191,6 +230,9 @@ class Conv(nn.Module):
             y = patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, self.features)
         else:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=numbers)
+        if not self.use_bias:
+            return y
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         return y + bias.astype(self.dtype)
 
 
@@ -283,7 +325,7 @@ class DownBlock(nn.Module):
         x = conv_bn_relu(
             x, self.features, 3, train=train, dtype=self.dtype, param_dtype=self.param_dtype
         )
-        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+        return avg_pool2x2(x)
 
 
 class UpBlock(nn.Module):

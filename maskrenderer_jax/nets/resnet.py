@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrenderer_jax.models.layers import batch_norm
+from maskrenderer_jax.models.layers import Conv, batch_norm
 
 Dtype = Any
 EXPANSION = 4  # Bottleneck output channels = 4 x its width
@@ -70,7 +70,12 @@ class Bottleneck(nn.Module):
         s1, s2 = (self.strides, 1) if self.caffe else (1, self.strides)
         out = conv(self.width, (1, 1), strides=s1, padding="VALID", name="conv1")(x)
         out = nn.relu(bn("bn1")(out))
-        out = conv(self.width, (3, 3), strides=s2, padding=((1, 1), (1, 1)), name="conv2")(out)
+        if s2 == 1:  # layers.Conv: the tiny-map form (VGGFace2's layer4 at 2x2 on 64 px input)
+            conv2 = Conv(self.width, 3, use_bias=False, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="conv2")  # fmt: skip
+        else:
+            conv2 = conv(self.width, (3, 3), strides=s2, padding=((1, 1), (1, 1)), name="conv2")
+        out = conv2(out)
         out = nn.relu(bn("bn2")(out))
         out = conv(self.width * EXPANSION, (1, 1), padding="VALID", name="conv3")(out)
         out = bn("bn3")(out)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrenderer_jax.models.layers import Conv
+from maskrenderer_jax.models.layers import Conv, max_pool2x2
 from maskrenderer_jax.nets import random_weights
 
 Dtype = Any
@@ -62,7 +62,7 @@ class Vgg19(nn.Module):
         for _, layers in SLICES:
             for layer in layers:
                 if layer == "pool":
-                    x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+                    x = max_pool2x2(x)
                     continue
                 index, channels = layer
                 x = Conv(

@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint bench-inference bench-train clean
 
-$(STAMP): requirements.txt requirements-eval.txt requirements-reference.txt requirements-dev.txt \
-		requirements-export.txt
+$(STAMP): requirements.txt requirements-eval.txt requirements-tpu.txt requirements-reference.txt \
+		requirements-dev.txt requirements-export.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-reference.txt

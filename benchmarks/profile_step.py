@@ -28,8 +28,6 @@ import torch
 
 from benchmarks import report, train_step
 from configs import common
-from maskrenderer_jax.train import sharding
-from maskrenderer_jax.train.trainer import Trainer
 
 SECTION = "## Training step profile"
 # name: (config, batch, has a torch reference)
@@ -139,10 +137,10 @@ def torch_kind(op: str) -> str:
 def profile_jax(config, batch: dict, steps: int) -> tuple[dict, dict, dict, float]:
     """({kind: seconds}, {(component, kind): seconds}, {(thunk, kind, op_name): seconds},
     median wall s/step), seconds per step, over `steps`."""
-    trainer = Trainer(config, sharding.make_mesh(config.mesh))
+    trainer = train_step.steady_state_trainer(config)
     state = trainer.init_state()
     trainer.compile(batch)
-    (compiled,) = trainer._variants.values()  # one variant: the triplet phase starts at 0
+    compiled = trainer.compiled(step=0)
     instructions, computations = parse_hlo(compiled.as_text())
     device_batch = trainer.device_batch(batch)
     walls, events = [], []

@@ -89,14 +89,18 @@ def synthetic_batch(config, batch: int) -> dict:
     return {**images, **flags, **coeffs}
 
 
-def jax_step(config, batch: dict):
-    """(run one step, CompileReport of the variant run)."""
-    # The data set is not read: one epoch = one step. The steady state is timed: the triplet
-    # phase (when the config has one) from step 0.
+def steady_state_trainer(config) -> Trainer:
+    """A Trainer of `config` in its steady state: the triplet phase (when the config has one)
+    from step 0, so one step variant. The data set is not read: one epoch = one step."""
     plan = run_plan.resolve(config, steps_per_epoch=1)
     if plan.uses_triplet:
         plan = dataclasses.replace(plan, triplet_start_step=0)
-    trainer = Trainer(config, sharding.make_mesh(config.mesh), plan)
+    return Trainer(config, sharding.make_mesh(config.mesh), plan)
+
+
+def jax_step(config, batch: dict):
+    """(run one step, CompileReport of the variant run)."""
+    trainer = steady_state_trainer(config)
     state = trainer.init_state()
     (compiled,) = trainer.compile(batch)
     device_batch = trainer.device_batch(batch)

@@ -33,7 +33,7 @@ class CompileReport:
 
     variant: str
     seconds: float
-    flops: float  # per step, XLA's cost analysis (whole program, all devices)
+    flops: float  # per step and device, XLA's cost analysis of the partitioned program
     argument_bytes: int
     output_bytes: int
     temp_bytes: int
@@ -46,11 +46,27 @@ class CompileReport:
 
     def describe(self) -> str:
         return (
-            f"step[{self.variant}] compiled in {self.seconds:.1f} s; "
-            f"{self.flops / 1e9:.1f} GFLOP/step; per device: arguments "
+            f"step[{self.variant}] compiled in {self.seconds:.1f} s; per device: "
+            f"{self.flops / 1e9:.1f} GFLOP/step, arguments "
             f"{self.argument_bytes / 2**20:.0f} MiB, outputs {self.output_bytes / 2**20:.0f} MiB, "
             f"temporaries {self.temp_bytes / 2**20:.0f} MiB, donated {self.alias_bytes / 2**20:.0f}"
             f" MiB, peak ~{self.peak_bytes / 2**20:.0f} MiB"
+        )
+
+    @classmethod
+    def measure(cls, variant: str, seconds: float, compiled: jax.stages.Compiled):
+        """XLA's cost and memory analyses of `compiled` (NaN / 0 where a backend has none)."""
+        memory = compiled.memory_analysis()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return cls(
+            variant=variant,
+            seconds=seconds,
+            flops=float((cost or {}).get("flops", float("nan"))),
+            argument_bytes=getattr(memory, "argument_size_in_bytes", 0),
+            output_bytes=getattr(memory, "output_size_in_bytes", 0),
+            temp_bytes=getattr(memory, "temp_size_in_bytes", 0),
+            alias_bytes=getattr(memory, "alias_size_in_bytes", 0),
         )
 
 
@@ -58,6 +74,23 @@ def _abstract(tree, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
+
+
+def jit_step(
+    config: ml_collections.ConfigDict, plan: RunPlan, mesh, state_shardings, *, triplet: bool
+):
+    """The jitted step of one triplet phase: the state in `state_shardings` (donated), the
+    batch over the batch axes, the frozen networks and the metrics replicated."""
+    return jax.jit(
+        make_step_fn(config, plan, triplet=triplet),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def variant_name(triplet: bool) -> str:
+    return "with triplet" if triplet else "without triplet"
 
 
 class Trainer:
@@ -95,15 +128,6 @@ class Trainer:
         """This process's numpy batch -> the step's global, batch-sharded inputs."""
         return sharding.global_batch(step_inputs(batch, self.config), self.mesh)
 
-    def _jit(self, triplet: bool):
-        batch_sharding = sharding.batch_sharding(self.mesh)
-        return jax.jit(
-            make_step_fn(self.config, self.plan, triplet=triplet),
-            in_shardings=(self.state_shardings, batch_sharding, sharding.replicated(self.mesh)),
-            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-            donate_argnums=0,
-        )
-
     def compile(self, batch: dict) -> list[CompileReport]:
         """AOT-compiles every variant this run will use, for `batch`'s shapes; logs each."""
         inputs = step_inputs(batch, self.config)
@@ -118,36 +142,33 @@ class Trainer:
         reports = []
         for triplet in self.plan.triplet_phases():
             start = time.perf_counter()
-            lowered = self._jit(triplet).lower(self.abstract_state, global_shapes, self.frozen)
-            compiled = lowered.compile()
-            seconds = time.perf_counter() - start
+            jitted = jit_step(
+                self.config, self.plan, self.mesh, self.state_shardings, triplet=triplet
+            )
+            compiled = jitted.lower(self.abstract_state, global_shapes, self.frozen).compile()
             self._variants[triplet] = compiled
-            memory = compiled.memory_analysis()
-            cost = compiled.cost_analysis()
-            cost = cost[0] if isinstance(cost, list) else cost
-            report = CompileReport(
-                variant="with triplet" if triplet else "without triplet",
-                seconds=seconds,
-                flops=float((cost or {}).get("flops", float("nan"))),
-                argument_bytes=getattr(memory, "argument_size_in_bytes", 0),
-                output_bytes=getattr(memory, "output_size_in_bytes", 0),
-                temp_bytes=getattr(memory, "temp_size_in_bytes", 0),
-                alias_bytes=getattr(memory, "alias_size_in_bytes", 0),
+            report = CompileReport.measure(
+                variant_name(triplet), time.perf_counter() - start, compiled
             )
             logging.info(report.describe())
             reports.append(report)
         return reports
 
+    def compiled(self, step: int) -> jax.stages.Compiled:
+        """The compiled variant that runs step `step` (after `compile`)."""
+        triplet = self.plan.triplet_phase(step)
+        if triplet not in self._variants:
+            raise RuntimeError(f"call compile() first (variant triplet={triplet} is missing)")
+        return self._variants[triplet]
+
     def step(self, state: GANState, batch: dict, step: int) -> tuple[GANState, dict]:
         """One step from the host-side step number `step` (== state.step; kept on the host so
         choosing the variant never waits for the device). `batch`: this process's numpy
         batch, or the output of `device_batch`."""
-        triplet = self.plan.triplet_phase(step)
-        if triplet not in self._variants:
-            raise RuntimeError(f"call compile() first (variant triplet={triplet} is missing)")
+        compiled = self.compiled(step)
         if batch and isinstance(next(iter(batch.values())), np.ndarray):
             batch = self.device_batch(batch)
-        return self._variants[triplet](state, batch, self.frozen)
+        return compiled(state, batch, self.frozen)
 
     def preview(self, state: GANState, batch: dict) -> dict[str, np.ndarray]:
         """Log images of the first rows of `batch` (see step.make_preview_fn), on the host."""

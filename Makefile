@@ -45,13 +45,15 @@ demo: $(STAMP)
 	@echo "Held-out self-reenactment (test identities), the trained model and copy-source:"
 	@cat $(DEMO_WORKDIR)/eval/self-step*.md && tail -n 1 $(DEMO_WORKDIR)/eval/self-copy_source.md
 
-# The full suite, slow-marked cases included (CI runs exactly this).
+# The full suite, slow-marked cases included (CI runs exactly this). --dist loadgroup: the
+# memory-heavy tests (xdist_group "memory": 2-process training, vox-256 step parity, the TPU
+# plan) run one after another on one worker, so that two of them never share the 24 GiB.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=15 tests
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 tests
 
 # The default inner loop: everything but the slow-marked cases.
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 -m "not slow" tests
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

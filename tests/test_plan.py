@@ -104,6 +104,7 @@ def test_readme_plan_command_parses():
 
 @pytest.mark.slow
 @needs_libtpu
+@pytest.mark.xdist_group("memory")  # with the other memory-heavy tests, on one worker
 def test_readme_planning_example_runs():
     code = readme_section().split("```python\n", 1)[1].split("```", 1)[0]
     namespace = {}

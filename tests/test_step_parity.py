@@ -185,6 +185,7 @@ KP_PERCEPTUAL_CHAOS = 0.2
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("memory")  # with the other memory-heavy tests, on one worker
 def test_vox256_step_matches_torch():
     config = fomm_vox256.get_config()
     nets, vgg, checkpoint = random_networks(config, seed=2)
@@ -197,6 +198,7 @@ def test_vox256_step_matches_torch():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("memory")  # with the other memory-heavy tests, on one worker
 def test_vox256_keypoint_gradients_of_the_equivariance_terms_match_torch():
     """The keypoint detector's backward at vox-256 without the perceptual term: to 1e-3."""
     config = fomm_vox256.get_config()

@@ -338,6 +338,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("memory")  # with the other memory-heavy tests, on one worker
 def test_two_processes_train_as_one(data_dir, tmp_path):
     """A real 2-process job on loopback (4 CPU devices each, gloo collectives) trains a step
     of the full MaskRenderer graph to the same losses, statistics and parameters as 1

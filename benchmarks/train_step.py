@@ -160,7 +160,8 @@ def mfu(result) -> str:
     if peak is None:
         return f"unknown ({kind})"
     steps_per_s = 1 / result["median"]["jax"]
-    return f"{result['compile'].flops * steps_per_s / (peak * jax.device_count()):.1%}"
+    # XLA's FLOPs are per device (of the partitioned program), so is the peak.
+    return f"{result['compile'].flops * steps_per_s / peak:.1%}"
 
 
 def table(results: list[dict], on_gpu: bool) -> str:

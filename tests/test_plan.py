@@ -109,4 +109,4 @@ def test_readme_planning_example_runs():
     code = readme_section().split("```python\n", 1)[1].split("```", 1)[0]
     namespace = {}
     exec(code, namespace)
-    assert "| fsdp {'data': 1, 'fsdp': 8} | 8 | without triplet |" in namespace["table"]
+    assert "| data {'data': 8, 'fsdp': 1} | 8 | without triplet |" in namespace["table"]

@@ -29,8 +29,7 @@ from maskrenderer_jax.face3d.branch import branch_inputs
 from maskrenderer_jax.models.layers import coordinate_grid
 from maskrenderer_jax.train import loop, optim, run_plan, sharding, step
 from maskrenderer_jax.train.checkpoint import Checkpoints, load_generator_variables
-from maskrenderer_jax.train.frozen import load_frozen
-from maskrenderer_jax.train.state import init_state
+from maskrenderer_jax.train.plan import AbstractStep, abstract_batch
 from maskrenderer_jax.train.trainer import Trainer
 from tests.jaxpr_utils import jit_calls
 
@@ -205,12 +204,9 @@ def test_flipped_frames_get_the_flipped_3d_inputs():
 
 
 def abstract_step_inputs(config):
-    state = jax.eval_shape(lambda: init_state(config, 0))
-    batch = {k: jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32) for k in step.IMAGE_KEYS}
-    batch |= {k: jax.ShapeDtypeStruct((2,), jnp.bool_) for k in step.FLAG_KEYS}
-    batch |= {k: jax.ShapeDtypeStruct((2, 257), jnp.float32) for k in step.COEFF_KEYS}
-    plan = run_plan.resolve(config, steps_per_epoch=1)
-    return state, batch, jax.eval_shape(lambda: load_frozen(config, plan)), plan
+    """The step's inputs as shapes (a batch of 2), as the pod planner builds them."""
+    abstract = AbstractStep(config)
+    return abstract.state, abstract_batch(config, 2), abstract.frozen, abstract.plan
 
 
 def test_the_phase_before_the_triplet_start_has_no_cross_pass(data_dir):

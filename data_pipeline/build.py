@@ -82,6 +82,7 @@ def build(
     root = Path(data_dir).expanduser() / name
     staging_dir = root / "staging"
     report = BuildReport(dataset=name)
+    metadata = {"dataset": dataset}
     if dataset == "voxceleb":
         image_size = image_size or 256
         splits = _stage_voxceleb(
@@ -93,6 +94,7 @@ def build(
         if image_size:
             config.image_size = image_size
         image_size = config.image_size
+        metadata["synthetic"] = config.to_dict()  # what sources.open_split checks a config by
         splits = synthetic_heads.stage_synthetic(
             staging_dir, config, image_format=image_format, report=report
         )
@@ -130,7 +132,7 @@ def build(
         version_dir, report.assembled = tfds_writer.write_dataset(
             root.parent, name, splits,
             image_size=image_size, image_format=image_format, has_coeffs=report.has_coeffs,
-            extra_metadata={"dataset": dataset},
+            extra_metadata=metadata,
         )  # fmt: skip
         report.dataset_dir = str(version_dir)
     finally:

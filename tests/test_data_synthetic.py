@@ -1,13 +1,11 @@
 """synthetic_heads: rendered talking heads with ground-truth coefficients (the default data
 set of the demo and the tests): schema, motion within clips, compositing, determinism."""
 
-import time
-
 import numpy as np
 import pytest
 
-from data_pipeline import build, frame_source, synthetic_heads, train_iter
-from data_pipeline.config import data_config, synthetic_config
+from data_pipeline import build, frame_source, sources, synthetic_heads, train_iter
+from data_pipeline.config import data_config
 from maskrenderer_jax.face3d import synthetic_bfm
 
 SMALL = dict(train_identities=2, test_identities=2, clips_per_identity=1, frames_per_clip=6)
@@ -85,14 +83,18 @@ def test_train_iter_builds_the_default_set_on_first_use(tmp_path):
     assert (tmp_path / "synthetic_heads" / "1.0.0" / "dataset_info.json").exists()
 
 
-@pytest.mark.slow
-def test_default_size_builds_in_under_a_minute(tmp_path):
-    start = time.perf_counter()
-    report = build.build("synthetic_heads", tmp_path)
-    elapsed = time.perf_counter() - start
-    defaults = synthetic_config()
-    assert report.splits["train"].clips == defaults.train_identities * defaults.clips_per_identity
-    assert elapsed < 60, f"default synthetic_heads build took {elapsed:.0f} s"
+def test_a_set_built_from_other_settings_is_an_error_not_reused(data_dir):
+    """The config's data.synthetic must be what the set was rendered from (render size
+    aside): another seed or identity count names the set and every difference."""
+    same = data_config(data_dir=str(data_dir), synthetic=dict(SMALL, image_size=128))
+    assert len(sources.open_split(same, "train")) == 12
+    other = data_config(data_dir=str(data_dir), synthetic=dict(SMALL, seed=1, test_identities=3))
+    with pytest.raises(ValueError) as error:
+        sources.open_split(other, "train")
+    message = str(error.value)
+    assert str(data_dir / "synthetic_heads" / "1.0.0") in message
+    assert "seed: built with 0, the config asks for 1" in message
+    assert "test_identities: built with 2, the config asks for 3" in message
 
 
 @pytest.mark.slow

@@ -51,22 +51,21 @@ def tiny(data_dir, arg: str = "", **sections) -> ml_collections.ConfigDict:
     return config
 
 
-def subprocess_env(devices: int) -> dict:
-    """The test session's environment (its XLA compilation cache too: later runs reuse the
-    compiled steps) with `devices` CPU devices."""
+def subprocess_env(cache_dir: Path, devices: int) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)  # later runs reuse the compiled steps
     env["PYTHONPATH"] = str(ROOT)
     return env
 
 
 def run_training(
-    workdir, steps, *, data_dir, config="configs/tiny.py:fomm", extra=(), check=True
+    workdir, steps, *, data_dir, cache_dir, config="configs/tiny.py:fomm", extra=(), check=True
 ) -> subprocess.CompletedProcess:
     """tests/train_runs.py in a subprocess with 8 CPU devices."""
     cmd = [sys.executable, RUNS, "--config", str(ROOT / config), "--workdir", str(workdir),
            "--steps", str(steps), "--set", f"data.data_dir={str(data_dir)!r}", *extra]  # fmt: skip
-    out = subprocess.run(cmd, env=subprocess_env(8), capture_output=True, text=True,
+    out = subprocess.run(cmd, env=subprocess_env(cache_dir, 8), capture_output=True, text=True,
                          timeout=900)  # fmt: skip
     if check and out.returncode:
         raise AssertionError(f"training run failed ({out.returncode}):\n{out.stderr[-4000:]}")
@@ -340,8 +339,9 @@ def test_two_processes_train_as_one(data_dir, tmp_path):
     """A real 2-process job on loopback (4 CPU devices each, gloo collectives) trains a step
     of the full MaskRenderer graph to the same losses, statistics and parameters as 1
     process with 8 devices (the same criteria as `assert_same_step`)."""
+    cache = tmp_path / "jax_cache"
     extra = ["--set", "loss.triplet_start_step=0"]
-    run_training(tmp_path / "one", 1, data_dir=data_dir,
+    run_training(tmp_path / "one", 1, data_dir=data_dir, cache_dir=cache,
                  config="configs/tiny.py", extra=extra)  # fmt: skip
     port = free_port()
     procs = [
@@ -365,7 +365,7 @@ def test_two_processes_train_as_one(data_dir, tmp_path):
                 "--process_id",
                 str(i),
             ],
-            env=subprocess_env(4),
+            env=subprocess_env(cache, 4),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -389,13 +389,14 @@ def test_two_processes_train_as_one(data_dir, tmp_path):
 def test_killed_run_resumes_to_the_same_trajectory(data_dir, tmp_path):
     """6 steps straight == 3 steps, SIGKILL right after checkpoint 3, then a resumed run to 6:
     same losses at steps 4-6 (same batches) and bit-identical parameters."""
+    cache = tmp_path / "jax_cache"
     extra = ["--set", "checkpoint.every_steps=3", "--set", "train.log_every=1"]
-    run_training(tmp_path / "straight", 6, data_dir=data_dir, extra=extra)
-    killed = run_training(tmp_path / "resumed", 6, data_dir=data_dir,
+    run_training(tmp_path / "straight", 6, data_dir=data_dir, cache_dir=cache, extra=extra)
+    killed = run_training(tmp_path / "resumed", 6, data_dir=data_dir, cache_dir=cache,
                           extra=[*extra, "--kill_after", "3"], check=False)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert max(metrics_lines(tmp_path / "resumed")) == 3
-    resumed = run_training(tmp_path / "resumed", 6, data_dir=data_dir, extra=extra)
+    resumed = run_training(tmp_path / "resumed", 6, data_dir=data_dir, cache_dir=cache, extra=extra)
     assert "resumed from the checkpoint at step 3" in resumed.stderr
     straight, again = metrics_lines(tmp_path / "straight"), metrics_lines(tmp_path / "resumed")
     for s in (4, 5, 6):
@@ -409,11 +410,12 @@ def test_killed_run_resumes_to_the_same_trajectory(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
+    cache = tmp_path / "jax_cache"
     workdir = tmp_path / "run"
     cmd = [sys.executable, RUNS, "--config", str(ROOT / "configs/tiny.py:fomm"), "--workdir",
            str(workdir), "--steps", "1000", "--set", f"data.data_dir={str(data_dir)!r}",
            "--set", "train.log_every=1", "--set", "checkpoint.every_steps=1000"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=subprocess_env(1), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=subprocess_env(cache, 1), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 600
     metrics = workdir / "metrics.jsonl"

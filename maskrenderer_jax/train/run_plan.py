@@ -125,7 +125,8 @@ def resolve(config: ml_collections.ConfigDict, steps_per_epoch: int) -> RunPlan:
 
     Step values set in the config win over epoch values: train.num_steps (-1: num_epochs
     epochs), optim.milestones (empty: optim.epoch_milestones), loss.triplet_start_step (-1:
-    loss.triplet_start_epoch, itself -1 for never). The triplet phase needs loss.alpha > 0.
+    loss.triplet_start_epoch, itself -1 for never). The triplet phase needs loss.alpha > 0 and a
+    start before the last step (a run that never reaches it compiles no triplet variant).
     UserError naming every flag whose value the run cannot use.
     """
     if steps_per_epoch < 1:
@@ -166,7 +167,11 @@ def resolve(config: ml_collections.ConfigDict, steps_per_epoch: int) -> RunPlan:
         steps_per_epoch=steps_per_epoch,
         num_steps=num_steps,
         milestones=milestones,
-        triplet_start_step=triplet_start if loss.alpha > 0 else None,
+        triplet_start_step=(
+            triplet_start
+            if loss.alpha > 0 and triplet_start is not None and triplet_start < num_steps
+            else None
+        ),
         uses_3d=uses_3d,
         uses_discriminator=adversarial(config),
         uses_regressor=uses_3d and coefficients == "regressor",

@@ -42,7 +42,7 @@ def batch_moments(apply: Callable[..., Any]) -> Callable[..., dict]:
     A call's moments are read from its own running-statistic update: started from zero, the
     update is (1 - momentum) x (batch mean, unbiased batch variance)."""
 
-    def moments(*args) -> dict:
+    def moments(*apply_args) -> dict:
         sums = {}
 
         def record(next_fun, args, kwargs, context):
@@ -61,7 +61,7 @@ def batch_moments(apply: Callable[..., Any]) -> Callable[..., dict]:
             return out
 
         with nn.intercept_methods(record):
-            apply(*args)
+            apply(*apply_args)
         return sums
 
     return moments

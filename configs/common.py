@@ -209,5 +209,8 @@ def training_sections(
             # 'first,last': a profiler trace of those steps into workdir/tensorboard
             # (TensorBoard's Profile tab); '' for none.
             profile_steps="",
+            # > 0: after the last step, every BatchNorm's running statistics re-estimated with
+            # the final weights over this many training batches (train/precise_bn.py).
+            precise_bn_batches=0,
         )
     )

@@ -19,6 +19,10 @@ the measurements behind every value here and how the result compares with copyin
   detector 16 (max 64). The perceptual VGG16 was most of the step's cost (49 GFLOP), so the
   width costs +30% FLOPs (63.5 GFLOP) and +15% CPU time; the full-resolution skip carried 8
   channels of the source's detail. Held-out L1 0.034 -> 0.028, LPIPS 0.056 -> 0.037.
+- Precise BatchNorm statistics after the last step (train.precise_bn_batches 200, ~40 s of
+  CPU): at batch 4 the running statistics follow the last few batches, and the held-out L1
+  moved by ~7% between checkpoints (0.0269 at step 750, 0.0289 at 1000); re-estimated with
+  the final weights, 0.0273 and 0.0272.
 """
 
 import ml_collections
@@ -34,7 +38,10 @@ def set_schedule(config: ml_collections.ConfigDict, num_steps: int) -> None:
     config.optim.learning_rate = 1e-3
     config.optim.milestones = (int(0.6 * num_steps),)
     every = max(num_steps // 4, 1)
-    config.train.update(num_steps=num_steps, log_every=min(50, every), image_every=every)
+    # Precise BatchNorm statistics over a fifth as many batches as steps, at most 200 (a
+    # forward pass each, ~0.2 s of CPU at these sizes).
+    config.train.update(num_steps=num_steps, log_every=min(50, every), image_every=every,
+                        precise_bn_batches=min(num_steps // 5, 200))  # fmt: skip
     config.checkpoint.update(every_steps=every, keep=2)
     # The held-out self-reenactment in TensorBoard (eval_self/*) while it trains: L1, PSNR,
     # SSIM, LPIPS on the first 40 test frames, no face tools (cheap).

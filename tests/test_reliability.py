@@ -203,6 +203,25 @@ def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(
     assert (plan["num_steps"], plan["triplet_start_step"]) == (12, None)  # FOMM: no triplet
 
 
+def test_precise_bn_reestimates_the_statistics_once_before_the_final_checkpoint(
+    data_dir, tmp_path, no_compile, monkeypatch
+):
+    """train.precise_bn_batches: train/precise_bn.py runs once, on the last step's state, and
+    the final checkpoint holds what it returned."""
+    config = tiny(data_dir, train=dict(num_steps=3, precise_bn_batches=5))
+    calls = []
+
+    def recompute(trainer, state, batches, num_batches):
+        calls.append((int(state.step), num_batches))
+        return state.replace(generator_stats=jax.tree.map(lambda x: x + 1, state.generator_stats))
+
+    monkeypatch.setattr(loop.precise_bn, "recompute", recompute)
+    loop.train(config, tmp_path)
+    assert calls == [(3, 5)]
+    stats = checkpoint.load_generator_variables(tmp_path, config)["batch_stats"]
+    assert all(np.all(np.asarray(x) == 1) for x in jax.tree.leaves(stats))  # zeros + 1
+
+
 def test_the_metrics_window_averages_each_term_over_the_steps_that_have_it(tmp_path):
     """A window of 4 steps after step 10 in which 'triplet' enters at the third step (its
     phase): each mean is over the steps that have the term; a non-finite value is reported

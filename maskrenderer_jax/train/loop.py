@@ -14,7 +14,9 @@ device with a non-finite flag per term (train/metrics.py); at every log and chec
 flags are read, and a NaN or infinite term stops the run with NonFiniteLossError naming the
 term and the first step it was non-finite, before any later state is saved. SIGTERM
 (preemption, a scheduler's stop) saves and returns: one process after the current step,
-several at the next log or checkpoint step (`_StopRequest`).
+several at the next log or checkpoint step (`_StopRequest`). With train.precise_bn_batches,
+the generator side's BatchNorm statistics are re-estimated after the last step
+(train/precise_bn.py), before the final checkpoint, preview and held-out evaluation.
 """
 
 import contextlib
@@ -30,7 +32,7 @@ from jax.experimental import multihost_utils
 
 from data_pipeline import make_train_iter
 from maskrenderer_jax.cli_errors import UserError
-from maskrenderer_jax.train import run_plan
+from maskrenderer_jax.train import precise_bn, run_plan
 from maskrenderer_jax.train.checkpoint import (
     Checkpoints,
     check_compatible,
@@ -245,6 +247,11 @@ def _train(config, workdir: Path, after_step: AfterStep | None) -> dict[str, flo
             state, metrics = trainer.step(state, batch, step)
             writer.add(metrics)  # stays on the device: nothing here waits for the step
             profile.after(done, state)
+            if done == total and config.train.precise_bn_batches:
+                with writer.paused():  # before the last checkpoint and evaluation
+                    state = precise_bn.recompute(
+                        trainer, state, iterator, config.train.precise_bn_batches
+                    )
             log = done % config.train.log_every == 0 or done == total
             save = done == total or checkpoints.due(done)
             stopping = stop.should_stop(sync_point=log or save)

@@ -64,7 +64,7 @@ def step_inputs(batch: dict, config: ml_collections.ConfigDict) -> dict:
     return {k: batch[k] for k in keys}
 
 
-def _face3d(config, frozen: dict, batch: dict, drivers: tuple[str, ...]) -> dict[str, dict]:
+def face3d_inputs(config, frozen: dict, batch: dict, drivers: tuple[str, ...]) -> dict[str, dict]:
     """The 3D branch's inputs for the source driven by each of `drivers` ('driving',
     'cross'): {driver: branch_inputs(...)}."""
     frames = ("source", *drivers)
@@ -159,7 +159,7 @@ def generator_losses(
         return out
 
     drivers = ("driving", "cross") if triplet else ("driving",)
-    inputs_3d = _face3d(config, frozen, batch, drivers) if model.uses_3d else {}
+    inputs_3d = face3d_inputs(config, frozen, batch, drivers) if model.uses_3d else {}
     out = run(mr.MaskRenderer.__call__, source, driving, **inputs_3d.get("driving", {}), train=True)
     prediction = out["prediction"]
     terms = {}
@@ -368,7 +368,9 @@ def make_preview_fn(config: ml_collections.ConfigDict) -> Callable[[GANState, di
     size = config.model.image_size
 
     def preview(state: GANState, batch: dict, frozen: dict) -> dict:
-        inputs_3d = _face3d(config, frozen, batch, ("driving",))["driving"] if model.uses_3d else {}
+        inputs_3d = (
+            face3d_inputs(config, frozen, batch, ("driving",))["driving"] if model.uses_3d else {}
+        )
         out = model.apply(
             {"params": state.generator, "batch_stats": state.generator_stats},
             batch["source"],

@@ -137,13 +137,13 @@ def assert_step_matches(got, config, nets, vgg, batch, what, bounds=None):
 # those kinks across zero, differently for every equally valid rounding. The largest distance
 # from FOMM's float64 step measured over such roundings (the frames moved by one ulp at random
 # pixels; thread and XLA device counts), of the keypoint detector's / generator's largest
-# gradient:  tiny, seeds 0 and 1: FOMM 2.4e-3 / 3.5e-3, ours 5.3e-3 / 2.6e-3;
+# gradient:  tiny, seeds 0 and 1: FOMM 3.0e-3 / 3.5e-3, ours 6.2e-3 / 2.6e-3;
 #            vox-256, batch 2, seed 2: FOMM 5.0e-2 / 5.1e-3, ours 8.4e-2 / 8.0e-3.
 # The 1e-3 is out of reach for either step. The bounds are twice the largest of either
 # (a wrong sign, scale or key gives ~1); the keypoint detector's backward is held to 1e-3 at
 # vox-256 through the equivariance terms alone (measured 1.0e-5).
 FLOAT32_CHAOS = {
-    "tiny": {"kp_detector": 1.1e-2, "generator": 7e-3},
+    "tiny": {"kp_detector": 1.3e-2, "generator": 7e-3},
     "vox-256": {"kp_detector": 0.17, "generator": 1.6e-2},
 }
 

@@ -1,8 +1,9 @@
 """One training step of ours == FOMM's (tests/fomm_torch_train.py on the torch mirrors), through
 `python -m converters.fomm --probe-step` (converters/fomm_step.py): every loss term to 1e-5
-relative, every gradient to 1e-3 of the largest gradient of its network, every BatchNorm
-running statistic after the step's forward to 1e-5 relative (torch's unbiased running_var);
-and the probe's inputs checked, every problem in one error."""
+relative, every gradient to 1e-3 of the largest gradient of its network where float32 allows
+it (the perceptual term's gradients do not: `FLOAT32_CHAOS`), every BatchNorm running
+statistic after the step's forward to 1e-5 relative (torch's unbiased running_var); and the
+probe's inputs checked, every problem in one error."""
 
 from pathlib import Path
 
@@ -104,11 +105,11 @@ def errors(got: dict, expected: dict) -> dict[str, float]:
 
 def assert_step_matches(got, config, nets, vgg, batch, what, bounds=None):
     """Ours vs FOMM's step in float64: losses and statistics to 1e-5 relative; gradients to
-    1e-3 of each network's largest, or, where FOMM's own float32 step is further than that
-    from its float64 step, no further than 2x that (the float32 floor, see `torch_probe`).
-    `bounds`: {network: bound} replacing that rule for a network (None: no term reaches it,
-    its gradients must be 0). The float64 run must come first: both torch runs update the
-    nets' statistics in place."""
+    1e-3 of each network's largest, or `bounds[network]` where given (`FLOAT32_CHAOS`; None:
+    no term reaches that network, its gradients must be 0), or, where FOMM's own float32 step
+    is further than that from its float64 step, no further than 2x that (the float32 floor,
+    see `torch_probe`). The float64 run must come first: both torch runs update the nets'
+    statistics in place."""
     saved = [{k: v.detach().clone() for k, v in net.state_dict().items()} for net in nets]
     exact = torch_probe(config, nets, vgg, batch)
     for net, state in zip(nets, saved, strict=True):
@@ -122,12 +123,29 @@ def assert_step_matches(got, config, nets, vgg, batch, what, bounds=None):
     for net in fomm_step.NETWORKS:
         key = f"grad/{net}"
         reached = any(np.abs(v).max() > 1e-6 for k, v in got.items() if k.startswith(key))
-        bound = (bounds or {}).get(net, max(1e-3, 2 * floor[key]))
+        bound = (bounds or {}).get(net, 1e-3)
         if bound is None:
             assert not reached, (what, key)
             continue
-        assert worst[key] <= bound, (what, worst, floor)
+        assert worst[key] <= max(bound, 2 * floor[key]), (what, worst, floor)
         assert reached, (what, key)  # meaningful only if gradients reach the network
+
+
+# The perceptual term's gradients are float32-chaotic (docs/DESIGN_NOTES.md): VGG19's ReLUs,
+# max pools and L1 signs make them piecewise constant in the prediction, whose float32
+# rounding (ours and FOMM's alike: 2.5e-4 of its largest value at vox-256) carries some of
+# those kinks across zero, differently for every equally valid rounding. The largest distance
+# from FOMM's float64 step measured over such roundings (the frames moved by one ulp at random
+# pixels; thread and XLA device counts), of the keypoint detector's / generator's largest
+# gradient:  tiny, seeds 0 and 1: FOMM 3.0e-3 / 3.5e-3, ours 6.2e-3 / 2.6e-3;
+#            vox-256, batch 2, seed 2: FOMM 5.0e-2 / 5.1e-3, ours 8.4e-2 / 8.0e-3.
+# The issue's 1e-3 is out of reach for either step. The bounds are twice the largest of either
+# (a wrong sign, scale or key gives ~1); the keypoint detector's backward is held to 1e-3 at
+# vox-256 through the equivariance terms alone (measured 1.0e-5).
+FLOAT32_CHAOS = {
+    "tiny": {"kp_detector": 1.3e-2, "generator": 7e-3},
+    "vox-256": {"kp_detector": 0.17, "generator": 1.6e-2},
+}
 
 
 def test_tiny_step_through_the_cli_matches_torch(tmp_path):
@@ -151,7 +169,7 @@ def test_tiny_step_through_the_cli_matches_torch(tmp_path):
     assert {k for k in got if k.startswith("loss/")} == {
         "loss/perceptual", "loss/equivariance_value", "loss/equivariance_jacobian"
     }  # fmt: skip
-    assert_step_matches(got, config, nets, vgg, batch, "tiny")
+    assert_step_matches(got, config, nets, vgg, batch, "tiny", FLOAT32_CHAOS["tiny"])
     # The statistics moved; at this 2x2 map x batch 2, flax's biased update would be 7/8 of
     # torch's there, far outside 1e-5.
     assert np.abs(got[key] - before).max() > 1e-3
@@ -169,19 +187,7 @@ def test_tiny_step_with_the_discriminator_matches_torch():
     vgg_vars = vgg19_converter.import_state_dict(vgg.state_dict())
     got = fomm_step.probe_step(config, networks, vgg_vars, batch)
     assert {"loss/gen_gan", "loss/feature_matching", "loss/disc_gan"} <= set(got)
-    assert_step_matches(got, config, nets, vgg, batch, "tiny adversarial")
-
-
-# At vox-256 the keypoint detector's gradient of the perceptual term is float32-chaotic
-# (docs/DESIGN_NOTES.md): VGG19's ReLUs, max pools and L1 signs make that term's gradient
-# piecewise constant in the prediction, and the prediction's float32 rounding carries some of
-# them across zero (deciding those as in float64 removes the whole difference). Reduced to 10
-# keypoints, that puts FOMM's float32 step 2.5e-2 and ours 8.4e-2 of the largest from FOMM's
-# float64 step (batch 2, seed 2). So that gradient is held to this bound only (a wrong sign,
-# scale or key is ~1); the keypoint detector's backward is held to 1e-3 through the
-# equivariance terms alone (measured 1.1e-5), and the dense motion's path through the
-# generator's gradients.
-KP_PERCEPTUAL_CHAOS = 0.2
+    assert_step_matches(got, config, nets, vgg, batch, "tiny adversarial", FLOAT32_CHAOS["tiny"])
 
 
 @pytest.mark.slow
@@ -193,8 +199,7 @@ def test_vox256_step_matches_torch():
     networks = fomm.import_checkpoint(checkpoint, config.model)
     vgg_vars = vgg19_converter.import_state_dict(vgg.state_dict())
     got = fomm_step.probe_step(config, networks, vgg_vars, batch)
-    assert_step_matches(got, config, nets, vgg, batch, "vox-256",
-                        bounds={"kp_detector": KP_PERCEPTUAL_CHAOS})  # fmt: skip
+    assert_step_matches(got, config, nets, vgg, batch, "vox-256", bounds=FLOAT32_CHAOS["vox-256"])
 
 
 @pytest.mark.slow

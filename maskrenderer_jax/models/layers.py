@@ -112,26 +112,35 @@ def upsample_nearest2x(x: jax.Array) -> jax.Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-def gaussian_kernel(scale: float) -> np.ndarray:
-    """FOMM's anti-alias kernel: sigma = (1/s - 1)/2, size 2*round(4 sigma) + 1, sum 1."""
+def gaussian_taps(scale: float) -> np.ndarray:
+    """FOMM's anti-alias kernel in one dimension, float64: sigma = (1/s - 1)/2, size
+    2*round(4 sigma) + 1, sum 1. FOMM's 2-D kernel is their outer product (`gaussian_kernel`);
+    FOMM builds it in float32, which makes it a float32 rounding of this one."""
     sigma = (1.0 / scale - 1.0) / 2.0
     size = 2 * round(sigma * 4) + 1
-    coords = np.arange(size, dtype=np.float32) - (size - 1) / 2
-    g = np.exp(-(coords**2) / (2 * sigma**2), dtype=np.float32)
-    kernel = np.outer(g, g)
-    return (kernel / kernel.sum()).astype(np.float32)
+    coords = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def gaussian_kernel(scale: float) -> np.ndarray:
+    """FOMM's 2-D anti-alias kernel (its `down.weight` buffer), float32."""
+    taps = gaussian_taps(scale)
+    return np.outer(taps, taps).astype(np.float32)
 
 
 def antialias_matrix(length: int, scale: float) -> np.ndarray:
-    """[floor(length * s), length] float32: one axis of FOMM's anti-alias downsampling, the
+    """[floor(length * s), length] float64: one axis of FOMM's anti-alias downsampling, the
     zero-padded Gaussian blur then every (1/s)-th sample (nearest interpolation by s: a
     length not divisible by 1/s loses its last samples, as torch's), as a matrix.
 
-    FOMM's 2-D kernel is the outer product of one 1-D kernel with itself (normalised), so the
-    blur + subsampling of an image is A x A^T with A this matrix (row i holds the 1-D kernel
-    centred on pixel i/s). The 1-D kernel is the 2-D one's row sums.
+    FOMM's 2-D kernel is the outer product of one 1-D kernel with itself, so the blur +
+    subsampling of an image is A x A^T with A this matrix (row i holds `gaussian_taps`
+    centred on pixel i/s). Exact here, rounded once to the compute dtype where it is used:
+    the float64 step agrees with FOMM's float64 step when FOMM's kernel is exact too
+    (docs/DESIGN_NOTES.md, "One training step against FOMM's").
     """
-    taps = gaussian_kernel(scale).sum(axis=1, dtype=np.float64)
+    taps = gaussian_taps(scale)
     step = int(round(1.0 / scale))
     half = len(taps) // 2  # odd kernel: centred
     matrix = np.zeros((int(np.floor(length * scale)), length), np.float64)
@@ -140,7 +149,7 @@ def antialias_matrix(length: int, scale: float) -> np.ndarray:
             column = row * step + tap - half
             if 0 <= column < length:
                 matrix[row, column] = weight
-    return matrix.astype(np.float32)
+    return matrix
 
 
 class AntiAliasDownsample(nn.Module):
@@ -161,10 +170,11 @@ class AntiAliasDownsample(nn.Module):
         # of the strided depthwise convolution. XLA:CPU runs that convolution's gradient (a
         # 13x13 grouped convolution with input dilation, for the loss pyramid) as slowly as
         # VGG19's largest layer; see docs/DESIGN_NOTES.md, "Training-step profile".
-        rows = jnp.asarray(antialias_matrix(x.shape[1], self.scale))
-        columns = jnp.asarray(antialias_matrix(x.shape[2], self.scale))
+        x = x.astype(jnp.float32)
+        rows = jnp.asarray(antialias_matrix(x.shape[1], self.scale), x.dtype)
+        columns = jnp.asarray(antialias_matrix(x.shape[2], self.scale), x.dtype)
         highest = jax.lax.Precision.HIGHEST
-        x = jnp.einsum("ih,bhwc->biwc", rows, x.astype(jnp.float32), precision=highest)
+        x = jnp.einsum("ih,bhwc->biwc", rows, x, precision=highest)
         return jnp.einsum("jw,biwc->bijc", columns, x, precision=highest)
 
 

@@ -61,19 +61,21 @@ def _proc_status(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
-def timed(run, memory: bool) -> tuple[float, float, int]:
-    """(wall seconds of run(), its process CPU seconds (all threads), and if `memory` the
-    process's peak RSS during it minus its RSS before it, in bytes, else 0). For the memory,
+def timed(run, memory: bool) -> tuple[float, float, float, int]:
+    """(wall seconds of run(), its process CPU seconds (all threads), the part of those spent
+    in the kernel (system time: page faults of freshly mapped memory, mostly), and if `memory`
+    the process's peak RSS during it minus its RSS before it, in bytes, else 0). For the memory,
     freed heap memory is first handed back to the OS (malloc_trim), so that reusing it shows,
     and Linux's peak RSS (VmHWM) is reset."""
     if memory:
         LIBC.malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")
         before = _proc_status("VmRSS")
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start, system_start = time.perf_counter(), time.process_time(), os.times().system
     run()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return seconds, cpu, _proc_status("VmHWM") - before if memory else 0
+    system = os.times().system - system_start
+    return seconds, cpu, system, _proc_status("VmHWM") - before if memory else 0
 
 
 def synthetic_batch(config, batch: int) -> dict:
@@ -138,20 +140,23 @@ def bench(name: str, spec: str, with_torch: bool, batch_size: int, iters: int, b
         losses = run()
         if not all(np.isfinite(float(v)) for v in losses.values()):
             raise RuntimeError(f"{name} {impl}: non-finite losses {losses}")
-    times, cpu_times, memory = {impl: [] for impl in runs}, {impl: [] for impl in runs}, {}
+    times, cpu_times, system_times = ({impl: [] for impl in runs} for _ in range(3))
+    memory = {}
     for i in range(iters):  # the first round also measures each one's memory
         for impl in sorted(runs, reverse=bool(i % 2)):
-            seconds, cpu, growth = timed(runs[impl], memory=i == 0)
+            seconds, cpu, system, growth = timed(runs[impl], memory=i == 0)
             times[impl].append(seconds)
             cpu_times[impl].append(cpu)
+            system_times[impl].append(system)
             memory.setdefault(impl, growth)
     median = {impl: statistics.median(t) for impl, t in times.items()}
     cpu = {impl: statistics.median(t) for impl, t in cpu_times.items()}
+    system = {impl: statistics.median(t) for impl, t in system_times.items()}
     for impl in runs:
         wall, cpu_s = (" ".join(f"{t:.2f}" for t in x[impl]) for x in (times, cpu_times))
         print(f"{name}, batch {batch_size}, {impl}: wall {wall} s, CPU {cpu_s} s per step")
     return {"name": f"{name}, {config.model.image_size}²", "batch": batch_size, "median": median,
-            "cpu": cpu, "memory": memory, "compile": compiled}  # fmt: skip
+            "cpu": cpu, "system": system, "memory": memory, "compile": compiled}  # fmt: skip
 
 
 def mfu(result) -> str:
@@ -166,7 +171,8 @@ def mfu(result) -> str:
 
 def table(results: list[dict], on_gpu: bool) -> str:
     lines = [
-        "| config | implementation | batch | samples/s | s/step (median) | CPU s/step "
+        "| config | implementation | batch | samples/s | s/step (median) "
+        "| CPU s/step (of it system) "
         "| JAX/torch speed "
         "| JAX compile s | XLA peak MiB | step RSS growth MiB | MFU |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -184,7 +190,7 @@ def table(results: list[dict], on_gpu: bool) -> str:
             )
             lines.append(
                 f"| {r['name']} | {impl} | {b} | {b / m[impl]:.2f} | {m[impl]:.2f} "
-                f"| {r['cpu'][impl]:.2f} | {ratio} "
+                f"| {r['cpu'][impl]:.2f} ({r['system'][impl]:.2f}) | {ratio} "
                 f"| {compile_s} | {peak} | {r['memory'][impl] / MIB:.0f} "
                 f"| {r.get('mfu', '—') if is_jax else '—'} |"
             )
@@ -224,22 +230,23 @@ def main(argv=None) -> None:
 
     intro = (
         "One training step (generator losses, backward, Adam; the discriminator's too when "
-        "generator_gan != 0: MaskRenderer yes, FOMM vox-256 no, as FOMM) on "
-        f"synthetic batches; {args.iters} timed steps per implementation after a warm-up, "
-        "JAX and torch interleaved in one process, medians. JAX/torch speed (of samples/s) > 1 "
-        "means JAX is faster. CPU s/step: the process's CPU time over the step (all threads), "
-        "steadier than wall time on a loaded machine. The frozen nets (VGG19; for MaskRenderer "
-        "also VGGFace2 and the 3DMM) have random weights, which does not change the speed. FOMM "
-        "rows compute FOMM's step (tests/fomm_torch_train.py), as ours does. The MaskRenderer "
-        "tiny row times its steady state (with the cross-identity "
+        "generator_gan != 0: MaskRenderer yes, FOMM vox-256 no, as FOMM) on synthetic batches;"
+        f" {args.iters} timed steps per implementation after a warm-up, JAX and torch "
+        "interleaved in one process, medians. JAX/torch speed (of samples/s) > 1 means JAX is "
+        "faster. CPU s/step: the process's CPU time over the step (all threads), steadier than "
+        "wall time on a loaded machine; in brackets its system (kernel) part, mostly page "
+        "faults of memory mapped afresh for the step (docs/DESIGN_NOTES.md). The frozen nets "
+        "(VGG19; for MaskRenderer also VGGFace2 and the 3DMM) have random weights, which does "
+        "not change the speed. FOMM rows compute FOMM's step (tests/fomm_torch_train.py), as "
+        "ours does. The MaskRenderer tiny row times its steady state (with the cross-identity "
         "pass and triplet loss). XLA peak: the compiled step's memory analysis (arguments + "
-        "outputs + temporaries - donated), state and frozen nets included. Step RSS growth: how "
-        "far the process's resident memory rose during the first timed step (Linux VmHWM, reset "
-        "just before; freed heap memory handed back first with malloc_trim), i.e. the step's "
-        "transient memory beyond what stays allocated between steps (parameters, optimiser "
-        "state). Mind the load average below: with more runnable threads than cores, torch's "
-        "OpenMP threads wait for each other at every parallel region and its step slows down "
-        "up to 20x (seen on this machine; XLA's thread pool degrades gracefully)."
+        "outputs + temporaries - donated), state and frozen nets included. Step RSS growth: how"
+        " far the process's resident memory rose during the first timed step (Linux VmHWM, "
+        "reset just before; freed heap memory handed back first with malloc_trim), i.e. the "
+        "step's transient memory beyond what stays allocated between steps (parameters, "
+        "optimiser state). Mind the load average below: with more runnable threads than cores, "
+        "torch's OpenMP threads wait for each other at every parallel region and its step slows"
+        " down up to 20x (seen on this machine; XLA's thread pool degrades gracefully)."
     )
     if on_gpu:
         intro += " JAX ran on the GPU and torch on the CPU, hence no speed ratio."

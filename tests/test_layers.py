@@ -110,16 +110,20 @@ def test_2x2_pools_and_their_gradients_match_torch(pool, torch_pool, shape):
     )
 
 
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_conv_small_map_form_equals_flax_conv(use_bias):
+@pytest.mark.parametrize(
+    "use_bias, size, kernel",
+    [(True, (2, 2), 3), (False, (2, 2), 3), (True, (1, 3), 3), (True, (2, 1), 5)],
+)
+def test_conv_small_map_form_equals_flax_conv(use_bias, size, kernel):
     """Maps of <= SMALL_MAP_PIXELS take patches @ kernel: same parameters, same results."""
-    x = jax.random.normal(jax.random.key(0), (3, 2, 2, 16))
-    conv = layers.Conv(8, 3, use_bias=use_bias)
+    x = jax.random.normal(jax.random.key(0), (3, *size, 16))
+    conv = layers.Conv(8, kernel, use_bias=use_bias)
     variables = conv.init(jax.random.key(1), x)
     if use_bias:
         bias = jax.random.normal(jax.random.key(2), (8,))
         variables = {"params": {**variables["params"], "bias": bias}}
-    reference = flax.linen.Conv(8, (3, 3), padding=((1, 1), (1, 1)), use_bias=use_bias)
+    half = kernel // 2
+    reference = flax.linen.Conv(8, (kernel,) * 2, padding=((half, half),) * 2, use_bias=use_bias)
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
         jnp.shape, reference.init(jax.random.key(1), x)
     )

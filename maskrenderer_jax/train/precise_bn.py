@@ -25,9 +25,8 @@ import ml_collections
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from maskrenderer_jax.models import layers
-from maskrenderer_jax.models import maskrenderer as mr
 from maskrenderer_jax.train.state import GANState
-from maskrenderer_jax.train.step import face3d_inputs
+from maskrenderer_jax.train.step import reenact_batch
 from maskrenderer_jax.train.trainer import Trainer
 
 STATS = ("mean", "var")
@@ -70,13 +69,10 @@ def batch_moments(apply: Callable[..., Any]) -> Callable[..., dict]:
 def inference_forward(config: ml_collections.ConfigDict) -> Callable[[dict, dict, dict], Any]:
     """(variables, batch, frozen) -> the inference forward (`MaskRenderer.__call__`, source
     driven by driving) in training mode, on a step's device batch."""
-    model = mr.build_model(config.model)
 
     def forward(variables: dict, batch: dict, frozen: dict):
-        inputs_3d = face3d_inputs(config, frozen, batch, ("driving",)) if model.uses_3d else {}
-        return model.apply(variables, batch["source"], batch["driving"],
-                           **inputs_3d.get("driving", {}), train=True,
-                           mutable=["batch_stats"])  # fmt: skip
+        return reenact_batch(config, variables, batch, frozen, train=True,
+                             mutable=["batch_stats"])[0]  # fmt: skip
 
     return forward
 

@@ -64,7 +64,7 @@ def step_inputs(batch: dict, config: ml_collections.ConfigDict) -> dict:
     return {k: batch[k] for k in keys}
 
 
-def face3d_inputs(config, frozen: dict, batch: dict, drivers: tuple[str, ...]) -> dict[str, dict]:
+def _face3d(config, frozen: dict, batch: dict, drivers: tuple[str, ...]) -> dict[str, dict]:
     """The 3D branch's inputs for the source driven by each of `drivers` ('driving',
     'cross'): {driver: branch_inputs(...)}."""
     frames = ("source", *drivers)
@@ -159,7 +159,7 @@ def generator_losses(
         return out
 
     drivers = ("driving", "cross") if triplet else ("driving",)
-    inputs_3d = face3d_inputs(config, frozen, batch, drivers) if model.uses_3d else {}
+    inputs_3d = _face3d(config, frozen, batch, drivers) if model.uses_3d else {}
     out = run(mr.MaskRenderer.__call__, source, driving, **inputs_3d.get("driving", {}), train=True)
     prediction = out["prediction"]
     terms = {}
@@ -361,6 +361,16 @@ def make_step_fn(
     return step
 
 
+def reenact_batch(config, variables: dict, batch: dict, frozen: dict, **apply_kwargs):
+    """The inference forward (`MaskRenderer.__call__`) on a step's batch, its source driven by
+    its driving frame: (model.apply's output, the 3D branch's inputs, {} without the branch).
+    `apply_kwargs`: `train` and the like, passed to model.apply."""
+    model = mr.build_model(config.model)
+    inputs_3d = _face3d(config, frozen, batch, ("driving",))["driving"] if model.uses_3d else {}
+    out = model.apply(variables, batch["source"], batch["driving"], **inputs_3d, **apply_kwargs)
+    return out, inputs_3d
+
+
 def make_preview_fn(config: ml_collections.ConfigDict) -> Callable[[GANState, dict, dict], dict]:
     """(state, batch, frozen) -> images for the logs, inference-mode forward: source, driving,
     prediction, occlusion masks (each resized to the image), and the rendered 3D face."""
@@ -368,16 +378,8 @@ def make_preview_fn(config: ml_collections.ConfigDict) -> Callable[[GANState, di
     size = config.model.image_size
 
     def preview(state: GANState, batch: dict, frozen: dict) -> dict:
-        inputs_3d = (
-            face3d_inputs(config, frozen, batch, ("driving",))["driving"] if model.uses_3d else {}
-        )
-        out = model.apply(
-            {"params": state.generator, "batch_stats": state.generator_stats},
-            batch["source"],
-            batch["driving"],
-            **inputs_3d,
-            train=False,
-        )
+        variables = {"params": state.generator, "batch_stats": state.generator_stats}
+        out, inputs_3d = reenact_batch(config, variables, batch, frozen, train=False)
         images = {k: batch[k] for k in ("source", "driving")}
         images["prediction"] = out["prediction"].astype(jnp.float32)
         for i, occlusion in enumerate(out.get("occlusion_maps") or ()):

@@ -13,6 +13,7 @@ $(STAMP): requirements.txt requirements-eval.txt requirements-tpu.txt requiremen
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-reference.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-export.txt
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/libtpu -r requirements-tpu.txt
 	touch $(STAMP)
 
 # The demo job: trains configs/demo.py (MaskRenderer, 64 px) from scratch on the embedded

@@ -10,7 +10,7 @@ compile time of each slice.
 """
 
 import argparse
-import importlib.metadata
+import os
 import time
 
 import jax
@@ -40,7 +40,8 @@ def main():
     args = parser.parse_args()
     jax.config.update("jax_platforms", "cpu")
     run_facts = report.facts()
-    run_facts.append(f"libtpu {importlib.metadata.version('libtpu')}")
+    libtpu = plan.find_libtpu()
+    run_facts.append(f"libtpu {libtpu.version if libtpu else os.environ.get('TPU_LIBRARY_PATH')}")
     tables = []
     for name in args.topology:
         tpu = plan.SLICES[name]

@@ -1,13 +1,15 @@
 """maskrenderer_jax.train.plan: the step compiled for a TPU slice that is not there.
 
-The compiling tests need libtpu (requirements-tpu.txt, which `make test` installs) and skip
-only when it is absent; the search and the argument checks run everywhere. Compiling the
+The compiling tests need libtpu (requirements-tpu.txt, which `make` installs in .venv/libtpu)
+and skip only when it is absent; the search and the argument checks run everywhere. Compiling the
 real step for a TPU is slow on a small CPU (minutes for FOMM tiny on 2 shared cores): one
 compile, the README's example, is slow-marked; the search runs on a stand-in step.
 """
 
-import importlib.util
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -18,8 +20,7 @@ from configs import common
 from maskrenderer_jax.train import plan, sharding
 
 needs_libtpu = pytest.mark.skipif(
-    importlib.util.find_spec("libtpu") is None,
-    reason="libtpu (requirements-tpu.txt) is not installed",
+    plan.find_libtpu() is None, reason="libtpu (requirements-tpu.txt) is not installed"
 )
 
 
@@ -59,6 +60,18 @@ def test_bad_arguments_are_one_clear_error(argv, expected, capsys):
         plan.parse_args(["--config", "configs/tiny.py", *argv])
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
+
+
+def test_jax_processes_start_without_probing_libtpu():
+    """libtpu stays off the import path (plan.find_libtpu): a JAX process that does not set
+    JAX_PLATFORMS starts without loading it, so without its warnings on stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS" and not k.startswith("TPU_")}
+    started = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.devices()[0].platform)"],
+        env=env, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert started.stdout.strip() == "cpu"
+    assert "TPU" not in started.stderr and "libtpu" not in started.stderr, started.stderr
 
 
 class GrowingStep:

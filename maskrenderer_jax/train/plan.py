@@ -4,7 +4,7 @@ that is not there.
     python -m maskrenderer_jax.train.plan --config configs/maskrenderer_vox256.py \\
         --topology v5e-16 [--mesh data|fsdp|both] [--batch N] [--max-batch-search]
 
-libtpu's compiler (`pip install -r requirements-tpu.txt`, the version jax's `tpu` extra pins)
+libtpu's compiler (requirements-tpu.txt, the version jax's `tpu` extra pins; `find_libtpu`)
 builds the slice's devices from its topology name alone (jax.experimental.topologies), so the
 step compiles for them on a CPU-only host exactly as `train.py` would compile it on the slice.
 For each mesh it prints what XLA reports per device: argument, output, temporary and peak
@@ -19,10 +19,13 @@ both axes either way (train/sharding.py).
 
 import argparse
 import dataclasses
+import importlib.metadata
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +100,21 @@ def parse_slice(name: str) -> Slice:
     return SLICES[name]
 
 
+def find_libtpu() -> importlib.metadata.Distribution | None:
+    """libtpu's installed distribution: importable (`pip install -r requirements-tpu.txt`), or
+    in the venv's `libtpu/` folder, where `make` installs it off the import path.
+
+    Off the path, because every JAX process that does not set JAX_PLATFORMS probes an
+    importable libtpu for TPUs: ~100 MB of memory and libtpu's warnings on stderr
+    ("unexpected worker hostname ...") in every training, evaluation and test process of a
+    machine without TPUs. The planner alone loads it, through TPU_LIBRARY_PATH.
+    """
+    for path in (sys.path, [str(Path(sys.prefix) / "libtpu")]):
+        for dist in importlib.metadata.distributions(name="libtpu", path=path):
+            return dist
+    return None
+
+
 def topology_devices(tpu: Slice) -> list:
     """The slice's devices, compile-only (no hardware is opened), in id order.
 
@@ -105,24 +123,27 @@ def topology_devices(tpu: Slice) -> list:
     process's lifetime), and the other variables keep it from asking a cloud metadata server
     about a TPU host this machine is not.
     """
+    libtpu = find_libtpu()
+    if libtpu is None and "TPU_LIBRARY_PATH" not in os.environ:
+        raise SystemExit(
+            "plan needs libtpu (the TPU compiler): `make .venv/.installed` puts it in "
+            ".venv/libtpu, or pip install -r requirements-tpu.txt"
+        )
+    if libtpu is not None:
+        os.environ.setdefault("TPU_LIBRARY_PATH", str(libtpu.locate_file("libtpu/libtpu.so")))
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{tpu.generation.accelerator_type}-{tpu.chips}")
     from jax.experimental import topologies
 
-    try:
-        topology = topologies.get_topology_desc(
-            topology_name=tpu.topology_name,
-            platform="tpu",
-            chip_config_name=tpu.generation.chip_config,
-            chips_per_host_bounds=(2, 2, 1) if tpu.chips >= 4 else (1, 1, 1),
-            num_slices=1,
-        )
-    except RuntimeError as error:  # no libtpu: jax's "JAX TPU support not installed"
-        raise SystemExit(
-            f"{error}\nplan needs libtpu (the TPU compiler): pip install -r requirements-tpu.txt"
-        ) from error
+    topology = topologies.get_topology_desc(
+        topology_name=tpu.topology_name,
+        platform="tpu",
+        chip_config_name=tpu.generation.chip_config,
+        chips_per_host_bounds=(2, 2, 1) if tpu.chips >= 4 else (1, 1, 1),
+        num_slices=1,
+    )
     return sorted(topology.devices, key=lambda d: d.id)
 
 

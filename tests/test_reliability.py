@@ -21,6 +21,7 @@ import pytest
 
 from configs import common
 from converters import safe_load, torch_layout
+from data_pipeline.train_iter import make_train_iter
 from maskrenderer_jax import cli_errors, output_files
 from maskrenderer_jax.train import checkpoint, loop, run_plan, trainer
 from maskrenderer_jax.train.checkpoint import Checkpoints
@@ -207,17 +208,25 @@ def test_precise_bn_reestimates_the_statistics_once_before_the_final_checkpoint(
     data_dir, tmp_path, no_compile, monkeypatch
 ):
     """train.precise_bn_batches: train/precise_bn.py runs once, on the last step's state, and
-    the final checkpoint holds what it returned."""
+    the final checkpoint holds what it returned, with the data position training left: the
+    batches it read are not skipped by a run extended from that checkpoint."""
     config = tiny(data_dir, train=dict(num_steps=3, precise_bn_batches=5))
     calls = []
 
     def recompute(trainer, state, batches, num_batches):
         calls.append((int(state.step), num_batches))
+        for _ in range(num_batches):
+            next(batches)
         return state.replace(generator_stats=jax.tree.map(lambda x: x + 1, state.generator_stats))
 
     monkeypatch.setattr(loop.precise_bn, "recompute", recompute)
     loop.train(config, tmp_path)
     assert calls == [(3, 5)]
+    trained = make_train_iter(config)
+    for _ in range(3):
+        next(trained)
+    saved = tmp_path / "checkpoints/3/data/process_0-of-1.json"
+    assert json.loads(saved.read_text()) == trained.get_state()
     stats = checkpoint.load_generator_variables(tmp_path, config)["batch_stats"]
     assert all(np.all(np.asarray(x) == 1) for x in jax.tree.leaves(stats))  # zeros + 1
 

@@ -249,9 +249,14 @@ def _train(config, workdir: Path, after_step: AfterStep | None) -> dict[str, flo
             profile.after(done, state)
             if done == total and config.train.precise_bn_batches:
                 with writer.paused():  # before the last checkpoint and evaluation
+                    # The iterator is put back where training left it, so the checkpoint's
+                    # data position is training's own: a run extended later (a larger
+                    # num_steps) reads the batches one longer run would have read.
+                    position = iterator.get_state()
                     state = precise_bn.recompute(
                         trainer, state, iterator, config.train.precise_bn_batches
                     )
+                    iterator.set_state(position)
             log = done % config.train.log_every == 0 or done == total
             save = done == total or checkpoints.due(done)
             stopping = stop.should_stop(sync_point=log or save)

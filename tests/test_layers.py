@@ -131,9 +131,10 @@ def test_conv_small_map_form_equals_flax_conv(use_bias, size, kernel):
 
 
 @pytest.mark.parametrize("inputs, outputs", [(3, 8), (8, 3)])
-def test_conv_same_gradients_equal_xla_convolution(inputs, outputs):
-    """conv_same (the large-map form: GEMM kernel gradient, patching either side) has the
-    values and both gradients of lax's convolution."""
+def test_conv_same_gradients_equal_xla_convolution(inputs, outputs, monkeypatch):
+    """conv_same (the large-map form: GEMM kernel gradient over bands of rows, patching either
+    side) has the values and both gradients of lax's convolution."""
+    monkeypatch.setattr(layers, "KERNEL_GRADIENT_BAND_BYTES", 5000)  # 9 rows: 3 bands of 3
     x = jax.random.normal(jax.random.key(0), (2, 9, 7, inputs))
     w = jax.random.normal(jax.random.key(1), (3, 3, inputs, outputs))
     weights = jax.random.normal(jax.random.key(2), (2, 9, 7, outputs))

@@ -210,21 +210,28 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
 # small pyramid scales meet such maps; up to this many pixels `Conv` takes the matmul form.
 SMALL_MAP_PIXELS = 4
 # XLA computes a convolution's kernel gradient as a convolution whose window is the whole map,
-# which XLA:CPU runs far below its forward rate once the map is large: at batch 2, 128x128,
-# 3x3, 128 -> 256 channels 0.52 s against 0.26 s as one GEMM of patches; 256x256, 64 -> 128:
-# 0.92 vs 0.39 s; 7x7 64 -> 3: 0.50 vs 0.18 s (ties at 128 -> 64). At 64x64 (batch 2 or 8)
-# XLA's form is as fast or faster. From this many pixels on, `Conv`'s kernel gradient is the
-# GEMM (`conv_same`); the input gradient stays XLA's.
+# which XLA:CPU runs far below its forward rate once the map is large. The same gradient as
+# GEMMs over bands of rows (`_kernel_gradient`), batch 2, CPU s (load ~3): 256x256, 3x3,
+# 64 -> 128: 1.09-1.62 XLA vs 0.35-0.39; 128 -> 64: 0.51-0.65 vs 0.32; 128x128, 128 -> 256:
+# 0.67-0.91 vs 0.22-0.26; 7x7, 64 -> 3: 0.35-0.50 vs 0.09; with less memory (73 vs 96 MiB of
+# temporaries at 256x256). At 64x64 (batch 2 or 8) XLA's form is as fast or faster. From this
+# many pixels on, `Conv`'s kernel gradient is the GEMM (`conv_same`); the input gradient
+# stays XLA's.
 LARGE_MAP_PIXELS = 128 * 128
+# The patches one band of the kernel-gradient GEMM expands at a time (k*k times the band).
+KERNEL_GRADIENT_BAND_BYTES = 32 * 2**20
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-def _windows(x: jax.Array, k: int) -> list[jax.Array]:
-    """The k*k shifted [B, H, W, C] windows of x zero-padded by k // 2, (kh, kw) row-major:
-    window (i, j) is what kernel tap (i, j) of a stride-1 'same' convolution multiplies."""
-    height, width = x.shape[1:3]
-    padded = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+def _windows(padded: jax.Array, k: int, height: int, width: int) -> list[jax.Array]:
+    """The k*k shifted [B, height, width, C] windows of a map zero-padded by k // 2 (or of a
+    band of its rows), (kh, kw) row-major: window (i, j) is what kernel tap (i, j) of a
+    stride-1 'same' convolution multiplies."""
     return [padded[:, i : i + height, j : j + width] for i in range(k) for j in range(k)]
+
+
+def _pad(x: jax.Array, k: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
 
 
 def _conv_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -235,19 +242,36 @@ def _conv_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _kernel_gradient(x: jax.Array, grad: jax.Array, k: int) -> jax.Array:
     """d(loss)/d(kernel) [k, k, I, O] of the 'same' convolution of x [B, H, W, I], given
-    d(loss)/d(output) `grad` [B, H, W, O], as one GEMM contracting batch x pixels. The side
-    with fewer channels is expanded into k*k windows (kernel tap (i, j) pairs x's window
-    (i, j) with grad, i.e. x with grad's window (k-1-i, k-1-j)), so the patches are
-    k*k * min(I, O) wide; the patches are the GEMM's right operand in their own layout and
-    the other side is transposed."""
+    d(loss)/d(output) `grad` [B, H, W, O]: GEMMs contracting batch x pixels, one band of rows
+    at a time (a loop, so that one band's patches are live at once), accumulated in float32.
+    The side with fewer channels is expanded into its k*k windows (kernel tap (i, j) pairs x's
+    window (i, j) with grad, i.e. x with grad's window (k-1-i, k-1-j)) as the GEMM's right
+    operand, in its own layout; the other side is transposed."""
     inputs, outputs = x.shape[-1], grad.shape[-1]
-    if inputs <= outputs:
-        patches = jnp.concatenate(_windows(x, k), axis=-1).reshape(-1, k * k * inputs)
-        by_output = grad.reshape(-1, outputs).T @ patches  # [O, (kh, kw, I)]
-        return by_output.T.reshape(k, k, inputs, outputs)
-    patches = jnp.concatenate(_windows(grad, k)[::-1], axis=-1).reshape(-1, k * k * outputs)
-    by_input = x.reshape(-1, inputs).T @ patches  # [I, (kh, kw, O)]
-    return by_input.reshape(inputs, k, k, outputs).transpose(1, 2, 0, 3)
+    expanded, other = (x, grad) if inputs <= outputs else (grad, x)
+    batch, height, width, channels = expanded.shape
+    row_bytes = k * k * channels * batch * width * expanded.dtype.itemsize
+    rows = height  # the largest divisor of the height whose band fits (at least one row)
+    while rows > 1 and (height % rows or rows * row_bytes > KERNEL_GRADIENT_BAND_BYTES):
+        rows -= 1
+    padded = _pad(expanded, k)
+
+    def add_band(band_index, total):
+        band = jax.lax.dynamic_slice_in_dim(padded, band_index * rows, rows + k - 1, axis=1)
+        windows = _windows(band, k, rows, width)
+        patches = jnp.concatenate(windows if expanded is x else windows[::-1], axis=-1)
+        rest = jax.lax.dynamic_slice_in_dim(other, band_index * rows, rows, axis=1)
+        return total + jnp.matmul(
+            rest.reshape(-1, other.shape[-1]).T,
+            patches.reshape(-1, k * k * channels),
+            preferred_element_type=jnp.float32,
+        )
+
+    zeros = jnp.zeros((other.shape[-1], k * k * channels), jnp.float32)
+    total = jax.lax.fori_loop(0, height // rows, add_band, zeros).astype(x.dtype)
+    if expanded is x:  # total: [O, (kh, kw, I)]
+        return total.T.reshape(k, k, inputs, outputs)
+    return total.reshape(inputs, k, k, outputs).transpose(1, 2, 0, 3)  # total: [I, (kh, kw, O)]
 
 
 @jax.custom_vjp
@@ -294,7 +318,8 @@ class Conv(nn.Module):
             # Patch features ordered (kh, kw, input channel), as the kernel's rows: the kernel
             # is used as stored (a reshape), not transposed in every step (9 MiB per 512x512
             # VGG19 kernel, and its gradient transposed back).
-            patches = jnp.concatenate(_windows(x, k), axis=-1)
+            height, width = x.shape[1:3]
+            patches = jnp.concatenate(_windows(_pad(x, k), k, height, width), axis=-1)
             y = patches @ kernel.reshape(-1, self.features)
         elif pixels >= LARGE_MAP_PIXELS:
             y = conv_same(x, kernel)

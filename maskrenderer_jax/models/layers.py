@@ -211,15 +211,16 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
 SMALL_MAP_PIXELS = 4
 # XLA computes a convolution's kernel gradient as a convolution whose window is the whole map,
 # which XLA:CPU runs far below its forward rate once the map is large. The same gradient as
-# GEMMs over bands of rows (`_kernel_gradient`), batch 2, CPU s (load ~3): 256x256, 3x3,
-# 64 -> 128: 1.09-1.62 XLA vs 0.35-0.39; 128 -> 64: 0.51-0.65 vs 0.32; 128x128, 128 -> 256:
-# 0.67-0.91 vs 0.22-0.26; 7x7, 64 -> 3: 0.35-0.50 vs 0.09; with less memory (73 vs 96 MiB of
-# temporaries at 256x256). At 64x64 (batch 2 or 8) XLA's form is as fast or faster. From this
-# many pixels on, `Conv`'s kernel gradient is the GEMM (`conv_same`); the input gradient
-# stays XLA's.
+# GEMMs over bands of rows (`_kernel_gradient`), batch 2, CPU s, XLA vs bands (load ~3.5):
+# 256x256, 3x3, 64 -> 128: 1.31 vs 0.23; 128 -> 64: 0.53 vs 0.26; 128x128, 256 -> 128: 0.35
+# vs 0.17; 7x7, 64 -> 3: 0.49 vs 0.11 (3 -> 64: 0.09 vs 0.11). At 64x64 (batch 2 or 8) XLA's
+# form is as fast or faster. From this many pixels on, `Conv`'s kernel gradient is the GEMM
+# (`conv_same`); the input gradient stays XLA's.
 LARGE_MAP_PIXELS = 128 * 128
-# The patches one band of the kernel-gradient GEMM expands at a time (k*k times the band).
-KERNEL_GRADIENT_BAND_BYTES = 32 * 2**20
+# The patches one band of the kernel-gradient GEMM expands at a time (k*k times the band's
+# rows of the narrower side). 8-16 MiB bands are equally fast, 128 MiB ones ~30% slower; at
+# 256x256, 64 -> 128, 8 MiB bands take 43 MiB of temporaries (XLA's form: 96).
+KERNEL_GRADIENT_BAND_BYTES = 8 * 2**20
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 

@@ -132,7 +132,7 @@ def test_conv_small_map_form_equals_flax_conv(use_bias, size, kernel):
 
 @pytest.mark.parametrize("inputs, outputs", [(3, 8), (8, 3)])
 def test_conv_same_gradients_equal_xla_convolution(inputs, outputs, monkeypatch):
-    """conv_same (the large-map form: GEMM kernel gradient over bands of rows, patching either
+    """conv_same (GEMM kernel gradient over bands of rows, patching either
     side) has the values and both gradients of lax's convolution."""
     monkeypatch.setattr(layers, "KERNEL_GRADIENT_BAND_BYTES", 5000)  # 9 rows: 3 bands of 3
     x = jax.random.normal(jax.random.key(0), (2, 9, 7, inputs))
@@ -149,13 +149,16 @@ def test_conv_same_gradients_equal_xla_convolution(inputs, outputs, monkeypatch)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * jnp.abs(b).max())
 
 
-def test_conv_large_map_form_equals_flax_conv(monkeypatch):
-    """Maps of >= LARGE_MAP_PIXELS run conv_same: flax's parameters, values and gradients."""
-    monkeypatch.setattr(layers, "LARGE_MAP_PIXELS", 30)
+def test_conv_gemm_kernel_gradient_form_equals_flax_conv(monkeypatch):
+    """Kernel gradients of >= KERNEL_GRADIENT_GEMM_FLOPS run conv_same: flax's parameters,
+    values and gradients."""
     x = jax.random.normal(jax.random.key(0), (2, 6, 5, 4))
     conv = layers.Conv(3, 3)
     variables = conv.init(jax.random.key(1), x)
-    assert "custom_vjp_call" in str(jax.make_jaxpr(conv.apply)(variables, x))
+    flops = 2 * 9 * 4 * 3 * 2 * 6 * 5
+    for threshold, gemm in ((flops + 1, False), (flops, True)):
+        monkeypatch.setattr(layers, "KERNEL_GRADIENT_GEMM_FLOPS", threshold)
+        assert ("custom_vjp_call" in str(jax.make_jaxpr(conv.apply)(variables, x))) == gemm
     reference = flax.linen.Conv(3, (3, 3), padding=((1, 1),) * 2)
     loss = lambda module: lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
     actual = jax.value_and_grad(loss(conv), (0, 1))(variables, x)

@@ -210,13 +210,15 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
 # small pyramid scales meet such maps; up to this many pixels `Conv` takes the matmul form.
 SMALL_MAP_PIXELS = 4
 # XLA computes a convolution's kernel gradient as a convolution whose window is the whole map,
-# which XLA:CPU runs far below its forward rate once the map is large. The same gradient as
-# GEMMs over bands of rows (`_kernel_gradient`), batch 2, CPU s, XLA vs bands (load ~3.5):
-# 256x256, 3x3, 64 -> 128: 1.31 vs 0.23; 128 -> 64: 0.53 vs 0.26; 128x128, 256 -> 128: 0.35
-# vs 0.17; 7x7, 64 -> 3: 0.49 vs 0.11 (3 -> 64: 0.09 vs 0.11). At 64x64 (batch 2 or 8) XLA's
-# form is as fast or faster. From this many pixels on, `Conv`'s kernel gradient is the GEMM
-# (`conv_same`); the input gradient stays XLA's.
-LARGE_MAP_PIXELS = 128 * 128
+# which XLA:CPU runs far below its forward rate on large maps and wide layers. The same
+# gradient as GEMMs over bands of rows (`_kernel_gradient`), batch 2, CPU s, XLA vs bands
+# (load ~3.5): 256x256, 3x3, 64 -> 128: 1.31 vs 0.23; 128 -> 64: 0.53 vs 0.26; 128x128,
+# 256 -> 128: 0.35 vs 0.17; 7x7, 64 -> 3: 0.49 vs 0.11 (3 -> 64: 0.09 vs 0.11); 64x64,
+# 256 -> 256: 0.117 vs 0.063; 32x32, 512 -> 256: 0.037 vs 0.028. Small gradients lose:
+# 16x16, 256 -> 512 (1.2 GFLOP): 0.009 vs 0.015; FOMM tiny's 64x64 layers at batch 8
+# (8 -> 16, 0.08 GFLOP): 0.001 vs 0.005. Kernel gradients of at least this many FLOPs
+# (2 k^2 I O B H W) are the GEMMs (`conv_same`); the input gradient stays XLA's.
+KERNEL_GRADIENT_GEMM_FLOPS = 2e9
 # The patches one band of the kernel-gradient GEMM expands at a time (k*k times the band's
 # rows of the narrower side). 8-16 MiB bands are equally fast, 128 MiB ones ~30% slower; at
 # 256x256, 64 -> 128, 8 MiB bands take 43 MiB of temporaries (XLA's form: 96).
@@ -278,7 +280,8 @@ def _kernel_gradient(x: jax.Array, grad: jax.Array, k: int) -> jax.Array:
 @jax.custom_vjp
 def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """The stride-1 'same' convolution of x [B, H, W, I] with kernel [k, k, I, O] (k odd),
-    whose kernel gradient is a GEMM (see LARGE_MAP_PIXELS); the input gradient is XLA's."""
+    whose kernel gradient is GEMMs (see KERNEL_GRADIENT_GEMM_FLOPS); the input gradient is
+    XLA's."""
     return _conv_xla(x, kernel)
 
 
@@ -298,7 +301,7 @@ conv_same.defvjp(_conv_same_forward, _conv_same_backward)
 class Conv(nn.Module):
     """nn.Conv(features, (k, k), stride 1, padding k // 2) with the same parameters ('kernel'
     [k, k, I, O], 'bias' [O] unless use_bias=False) and results, computed as patches @ kernel
-    on tiny maps and with a GEMM kernel gradient on large ones."""
+    on tiny maps and with a GEMM kernel gradient where that gradient is large."""
 
     features: int
     kernel_size: int = 3
@@ -314,15 +317,15 @@ class Conv(nn.Module):
             self.param_dtype,
         )  # fmt: skip
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        pixels = x.shape[1] * x.shape[2]
-        if pixels <= SMALL_MAP_PIXELS:
+        batch, height, width, inputs = x.shape
+        kernel_gradient_flops = 2 * k * k * inputs * self.features * batch * height * width
+        if height * width <= SMALL_MAP_PIXELS:
             # Patch features ordered (kh, kw, input channel), as the kernel's rows: the kernel
             # is used as stored (a reshape), not transposed in every step (9 MiB per 512x512
             # VGG19 kernel, and its gradient transposed back).
-            height, width = x.shape[1:3]
             patches = jnp.concatenate(_windows(_pad(x, k), k, height, width), axis=-1)
             y = patches @ kernel.reshape(-1, self.features)
-        elif pixels >= LARGE_MAP_PIXELS:
+        elif kernel_gradient_flops >= KERNEL_GRADIENT_GEMM_FLOPS:
             y = conv_same(x, kernel)
         else:
             y = _conv_xla(x, kernel)

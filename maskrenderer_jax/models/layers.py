@@ -326,7 +326,10 @@ class Conv(nn.Module):
             patches = jnp.concatenate(_windows(_pad(x, k), k, height, width), axis=-1)
             y = patches @ kernel.reshape(-1, self.features)
         elif kernel_gradient_flops >= KERNEL_GRADIENT_GEMM_FLOPS:
-            y = conv_same(x, kernel)
+            # On CPU only: measured on XLA:CPU alone, and its loop hides the gradient's FLOPs
+            # from XLA's cost analysis (counted once per loop), which MFU and the pod plans
+            # (train/plan.py, compiled for TPU from a CPU host) read on the other backends.
+            y = jax.lax.platform_dependent(x, kernel, cpu=conv_same, default=_conv_xla)
         else:
             y = _conv_xla(x, kernel)
         if not self.use_bias:

@@ -130,6 +130,44 @@ def test_conv_small_map_form_equals_flax_conv(use_bias, size, kernel):
     np.testing.assert_allclose(conv.apply(variables, x), reference.apply(variables, x), atol=1e-5)
 
 
+@pytest.mark.parametrize("inputs, outputs", [(3, 8), (8, 3)])
+def test_conv_same_gradients_equal_xla_convolution(inputs, outputs, monkeypatch):
+    """conv_same (GEMM kernel gradient over bands of rows, patching either
+    side) has the values and both gradients of lax's convolution."""
+    monkeypatch.setattr(layers, "KERNEL_GRADIENT_BAND_BYTES", 5000)  # 9 rows: 3 bands of 3
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, inputs))
+    w = jax.random.normal(jax.random.key(1), (3, 3, inputs, outputs))
+    weights = jax.random.normal(jax.random.key(2), (2, 9, 7, outputs))
+    reference = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), ((1, 1),) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    loss = lambda conv: lambda x, w: jnp.sum(conv(x, w) * weights)
+    np.testing.assert_allclose(layers.conv_same(x, w), reference(x, w), rtol=1e-5, atol=1e-5)
+    ours = jax.jit(jax.grad(loss(layers.conv_same), (0, 1)))(x, w)
+    theirs = jax.jit(jax.grad(loss(reference), (0, 1)))(x, w)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * jnp.abs(b).max())
+
+
+def test_conv_gemm_kernel_gradient_form_equals_flax_conv(monkeypatch):
+    """Kernel gradients of >= KERNEL_GRADIENT_GEMM_FLOPS run conv_same: flax's parameters,
+    values and gradients."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 4))
+    conv = layers.Conv(3, 3)
+    variables = conv.init(jax.random.key(1), x)
+    flops = 2 * 9 * 4 * 3 * 2 * 6 * 5
+    for threshold, gemm in ((flops + 1, False), (flops, True)):
+        monkeypatch.setattr(layers, "KERNEL_GRADIENT_GEMM_FLOPS", threshold)
+        assert ("custom_vjp_call" in str(jax.make_jaxpr(conv.apply)(variables, x))) == gemm
+    reference = flax.linen.Conv(3, (3, 3), padding=((1, 1),) * 2)
+    loss = lambda module: lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+    actual = jax.value_and_grad(loss(conv), (0, 1))(variables, x)
+    expected = jax.value_and_grad(loss(reference), (0, 1))(variables, x)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), actual, expected
+    )
+
+
 def test_kp2gaussian_matches_fomm():
     kp = np.random.default_rng(3).uniform(-1, 1, size=(2, 5, 2)).astype(np.float32)
     expected = torch_layers.kp2gaussian({"value": torch.from_numpy(kp)}, (12, 9), 0.01)

@@ -30,7 +30,7 @@ from maskrenderer_jax.models.layers import coordinate_grid
 from maskrenderer_jax.train import loop, optim, run_plan, sharding, step
 from maskrenderer_jax.train.checkpoint import Checkpoints, load_generator_variables
 from maskrenderer_jax.train.plan import AbstractStep, abstract_batch
-from maskrenderer_jax.train.trainer import Trainer
+from maskrenderer_jax.train.trainer import CPU_COMPILER_OPTIONS, Trainer
 from tests.jaxpr_utils import jit_calls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -467,3 +467,25 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
     abstract = Trainer(config, sharding.make_mesh(config.mesh), plan).abstract_state
     state, restored_step = checkpoints.restore(abstract)
     assert restored_step == 2 and int(state.step) == 2
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
+def test_cpu_compiler_options_update_donated_parameters_and_adam_state_in_place():
+    """A two-conv model's donated parameters and Adam moments: XLA:CPU copies them under its
+    default copy insertion, and not under the Trainer's CPU_COMPILER_OPTIONS (region
+    analysis). If the first assertion fails, XLA no longer needs the option."""
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME")
+    tx = optim.adam(ml_collections.ConfigDict(dict(learning_rate=1e-3, b1=0.5, b2=0.999)), [])
+
+    def update(params, opt_state, x):
+        grads = jax.grad(lambda p: jnp.sum(conv(jnp.tanh(conv(x, p[0])), p[1]) ** 2))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return jax.tree.map(jnp.add, params, updates), opt_state
+
+    params = [jnp.ones((4, 3, 3, 3)) * 0.1, jnp.ones((4, 4, 3, 3)) * 0.1]
+    lowered = jax.jit(update, donate_argnums=(0, 1)).lower(
+        params, tx.init(params), jnp.ones((2, 3, 8, 8))
+    )
+    copies = lambda options: lowered.compile(options).as_text().split("ENTRY")[1].count(" copy(")
+    assert copies(None) > 0
+    assert copies(CPU_COMPILER_OPTIONS) == 0

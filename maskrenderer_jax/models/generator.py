@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from maskrenderer_jax.models.dense_motion import DenseMotionNetwork
 from maskrenderer_jax.models.keypoints import check_image
 from maskrenderer_jax.models.layers import (
+    Conv,
     DownBlock,
     ResBlock,
     SameBlock,
@@ -60,7 +61,7 @@ class OcclusionAwareGenerator(nn.Module):
             UpBlock(features(self.num_down_blocks - i - 1), **kw)
             for i in range(self.num_down_blocks)
         ]
-        self.final = nn.Conv(3, (7, 7), padding=((3, 3), (3, 3)), **kw)
+        self.final = Conv(3, kernel_size=7, **kw)
 
     def encode(self, image: jax.Array, *, train: bool) -> list[jax.Array]:
         """Encoder features of an image, finest first: level l is [B, H/2^l, W/2^l, C_l]."""

@@ -209,12 +209,99 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
 # 15 ms with its gradient). FOMM's hourglasses (1024 channels at 2x2 in vox-256) and VGG19's
 # small pyramid scales meet such maps; up to this many pixels `Conv` takes the matmul form.
 SMALL_MAP_PIXELS = 4
+# XLA computes a convolution's kernel gradient as a convolution whose window is the whole map,
+# which XLA:CPU runs far below its forward rate on large maps and wide layers. The same
+# gradient as GEMMs over bands of rows (`_kernel_gradient`), batch 2, CPU s, XLA vs bands
+# (load ~3.5): 256x256, 3x3, 64 -> 128: 1.31 vs 0.23; 128 -> 64: 0.53 vs 0.26; 128x128,
+# 256 -> 128: 0.35 vs 0.17; 7x7, 64 -> 3: 0.49 vs 0.11 (3 -> 64: 0.09 vs 0.11); 64x64,
+# 256 -> 256: 0.117 vs 0.063; 32x32, 512 -> 256: 0.037 vs 0.028. Small gradients lose:
+# 16x16, 256 -> 512 (1.2 GFLOP): 0.009 vs 0.015; FOMM tiny's 64x64 layers at batch 8
+# (8 -> 16, 0.08 GFLOP): 0.001 vs 0.005. Kernel gradients of at least this many FLOPs
+# (2 k^2 I O B H W) are the GEMMs (`conv_same`); the input gradient stays XLA's.
+KERNEL_GRADIENT_GEMM_FLOPS = 2e9
+# The patches one band of the kernel-gradient GEMM expands at a time (k*k times the band's
+# rows of the narrower side). 8-16 MiB bands are equally fast, 128 MiB ones ~30% slower; at
+# 256x256, 64 -> 128, 8 MiB bands take 43 MiB of temporaries (XLA's form: 96).
+KERNEL_GRADIENT_BAND_BYTES = 8 * 2**20
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _windows(padded: jax.Array, k: int, height: int, width: int) -> list[jax.Array]:
+    """The k*k shifted [B, height, width, C] windows of a map zero-padded by k // 2 (or of a
+    band of its rows), (kh, kw) row-major: window (i, j) is what kernel tap (i, j) of a
+    stride-1 'same' convolution multiplies."""
+    return [padded[:, i : i + height, j : j + width] for i in range(k) for j in range(k)]
+
+
+def _pad(x: jax.Array, k: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+
+
+def _conv_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    k = kernel.shape[0]
+    padding = ((k // 2, k // 2),) * 2
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS)
+
+
+def _kernel_gradient(x: jax.Array, grad: jax.Array, k: int) -> jax.Array:
+    """d(loss)/d(kernel) [k, k, I, O] of the 'same' convolution of x [B, H, W, I], given
+    d(loss)/d(output) `grad` [B, H, W, O]: GEMMs contracting batch x pixels, one band of rows
+    at a time (a loop, so that one band's patches are live at once), accumulated in float32.
+    The side with fewer channels is expanded into its k*k windows (kernel tap (i, j) pairs x's
+    window (i, j) with grad, i.e. x with grad's window (k-1-i, k-1-j)) as the GEMM's right
+    operand, in its own layout; the other side is transposed."""
+    inputs, outputs = x.shape[-1], grad.shape[-1]
+    expanded, other = (x, grad) if inputs <= outputs else (grad, x)
+    batch, height, width, channels = expanded.shape
+    row_bytes = k * k * channels * batch * width * expanded.dtype.itemsize
+    rows = height  # the largest divisor of the height whose band fits (at least one row)
+    while rows > 1 and (height % rows or rows * row_bytes > KERNEL_GRADIENT_BAND_BYTES):
+        rows -= 1
+    padded = _pad(expanded, k)
+
+    def add_band(band_index, total):
+        band = jax.lax.dynamic_slice_in_dim(padded, band_index * rows, rows + k - 1, axis=1)
+        windows = _windows(band, k, rows, width)
+        patches = jnp.concatenate(windows if expanded is x else windows[::-1], axis=-1)
+        rest = jax.lax.dynamic_slice_in_dim(other, band_index * rows, rows, axis=1)
+        return total + jnp.matmul(
+            rest.reshape(-1, other.shape[-1]).T,
+            patches.reshape(-1, k * k * channels),
+            preferred_element_type=jnp.float32,
+        )
+
+    zeros = jnp.zeros((other.shape[-1], k * k * channels), jnp.float32)
+    total = jax.lax.fori_loop(0, height // rows, add_band, zeros).astype(x.dtype)
+    if expanded is x:  # total: [O, (kh, kw, I)]
+        return total.T.reshape(k, k, inputs, outputs)
+    return total.reshape(inputs, k, k, outputs).transpose(1, 2, 0, 3)  # total: [I, (kh, kw, O)]
+
+
+@jax.custom_vjp
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The stride-1 'same' convolution of x [B, H, W, I] with kernel [k, k, I, O] (k odd),
+    whose kernel gradient is GEMMs (see KERNEL_GRADIENT_GEMM_FLOPS); the input gradient is
+    XLA's."""
+    return _conv_xla(x, kernel)
+
+
+def _conv_same_forward(x, kernel):
+    return _conv_xla(x, kernel), (x, kernel)
+
+
+def _conv_same_backward(residuals, grad):
+    x, kernel = residuals
+    (grad_x,) = jax.linear_transpose(lambda x: _conv_xla(x, kernel), x)(grad)
+    return grad_x, _kernel_gradient(x, grad, kernel.shape[0])
+
+
+conv_same.defvjp(_conv_same_forward, _conv_same_backward)
 
 
 class Conv(nn.Module):
     """nn.Conv(features, (k, k), stride 1, padding k // 2) with the same parameters ('kernel'
     [k, k, I, O], 'bias' [O] unless use_bias=False) and results, computed as patches @ kernel
-    on tiny maps."""
+    on tiny maps and with a GEMM kernel gradient where that gradient is large."""
 
     features: int
     kernel_size: int = 3
@@ -230,21 +317,21 @@ class Conv(nn.Module):
             self.param_dtype,
         )  # fmt: skip
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        padding = ((k // 2, k // 2),) * 2
-        numbers = ("NHWC", "HWIO", "NHWC")
-        if x.shape[1] * x.shape[2] <= SMALL_MAP_PIXELS:
+        batch, height, width, inputs = x.shape
+        kernel_gradient_flops = 2 * k * k * inputs * self.features * batch * height * width
+        if height * width <= SMALL_MAP_PIXELS:
             # Patch features ordered (kh, kw, input channel), as the kernel's rows: the kernel
             # is used as stored (a reshape), not transposed in every step (9 MiB per 512x512
             # VGG19 kernel, and its gradient transposed back).
-            height, width = x.shape[1:3]
-            padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-            patches = jnp.concatenate(
-                [padded[:, i : i + height, j : j + width] for i in range(k) for j in range(k)],
-                axis=-1,
-            )
+            patches = jnp.concatenate(_windows(_pad(x, k), k, height, width), axis=-1)
             y = patches @ kernel.reshape(-1, self.features)
+        elif kernel_gradient_flops >= KERNEL_GRADIENT_GEMM_FLOPS:
+            # On CPU only: measured on XLA:CPU alone, and its loop hides the gradient's FLOPs
+            # from XLA's cost analysis (counted once per loop), which MFU and the pod plans
+            # (train/plan.py, compiled for TPU from a CPU host) read on the other backends.
+            y = jax.lax.platform_dependent(x, kernel, cpu=conv_same, default=_conv_xla)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=numbers)
+            y = _conv_xla(x, kernel)
         if not self.use_bias:
             return y
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)

@@ -127,6 +127,9 @@ def training_sections(
         dict(
             pyramid_scales=(1.0, 0.5, 0.25, 0.125),
             perceptual=(10.0,) * 5,
+            # A pixel L1 at full resolution (losses/reconstruction.py): in neither reference
+            # objective (0); the demo uses it (docs/DESIGN_NOTES.md, "A demo that learns").
+            reconstruction=0.0,
             # FOMM vox-256 trains with feature matching only (generator_gan 0); MaskRenderer's
             # objective has the LSGAN term of eq. (9) (weight 1, as FOMM's vox-adv-256).
             generator_gan=1.0 if maskrenderer else 0.0,

@@ -303,6 +303,26 @@ def test_warping_loss():
         losses.warping_loss(drv, drv[:2])
 
 
+# ----------------------------------------------------------------------------- reconstruction
+
+
+def test_reconstruction_loss_is_the_pixel_l1_and_trains_the_prediction_only():
+    rng = _rng(9)
+    prediction = jnp.asarray(_image(rng, (2, 8, 8, 3)))
+    target = jnp.asarray(_image(rng, (2, 8, 8, 3)))
+    np.testing.assert_allclose(
+        losses.reconstruction_loss(prediction, target),
+        np.abs(np.asarray(prediction) - np.asarray(target)).mean(),
+        rtol=1e-6,
+    )
+    assert float(losses.reconstruction_loss(target, target)) == 0.0
+    g_pred, g_target = jax.grad(losses.reconstruction_loss, argnums=(0, 1))(prediction, target)
+    assert not np.any(g_target)  # the driving frame is a fixed target
+    np.testing.assert_allclose(
+        g_pred, np.sign(np.asarray(prediction - target)) / prediction.size, rtol=1e-6
+    )
+
+
 # ----------------------------------------------------------------------------- triplet
 
 

@@ -227,10 +227,20 @@ def test_the_phase_before_the_triplet_start_has_no_cross_pass(data_dir):
 
     rasterizations, metrics = trace(False, without)
     assert "triplet" not in metrics and rasterizations == 1
+    assert "reconstruction" not in metrics  # weight 0: neither reference objective has it
     with pytest.raises(KeyError, match="vggface2"):
         trace(True, without)
     rasterizations, metrics = trace(True, frozen)
     assert "triplet" in metrics and rasterizations == 2  # the self- and the cross-driven face
+
+
+def test_the_reconstruction_term_is_logged_when_weighted(data_dir):
+    config = tiny(data_dir, loss=dict(reconstruction=2.0))
+    state, batch, frozen, plan = abstract_step_inputs(config)
+    frozen = {k: v for k, v in frozen.items() if k != "vggface2"}
+    step_fn = step.make_step_fn(config, plan, triplet=False)
+    _, metrics = jax.eval_shape(step_fn, state, batch, frozen)
+    assert metrics["reconstruction"].shape == ()
 
 
 def test_online_regressor_coefficients_need_no_batch_coefficients(data_dir):

@@ -1,5 +1,6 @@
 """Training losses of MaskRenderer (eqs. (5)-(12)): FOMM's perceptual pyramid, LSGAN and
-feature matching, TPS equivariance; TPSMM's warping loss; the identity triplet loss.
+feature matching, TPS equivariance; TPSMM's warping loss; the identity triplet loss; a pixel
+reconstruction L1 (not in the reference objectives, weight 0 by default).
 
 All are pure, jit-able functions reducing in float32; scalar loss weights are the caller's.
 """
@@ -18,6 +19,7 @@ from maskrenderer_jax.losses.equivariance import (
 )
 from maskrenderer_jax.losses.perceptual import perceptual_loss
 from maskrenderer_jax.losses.pyramid import FOMM_SCALES, image_pyramid, pyramid_key
+from maskrenderer_jax.losses.reconstruction import reconstruction_loss
 from maskrenderer_jax.losses.triplet import (
     identity_triplet_loss,
     l2_normalize,
@@ -40,6 +42,7 @@ __all__ = [
     "perceptual_loss",
     "pyramid_key",
     "random_tps_transform",
+    "reconstruction_loss",
     "reflect_coordinates",
     "tps_transform",
     "triplet_loss",

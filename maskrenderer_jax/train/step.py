@@ -41,6 +41,7 @@ TRANSFORM_KEYS = ("theta", "control_params")
 TRIPLET = "triplet"
 GENERATOR_TERMS = (
     "perceptual",
+    "reconstruction",
     "generator_gan",
     "feature_matching",
     "equivariance_value",
@@ -169,6 +170,10 @@ def generator_losses(
         features = perceptual_features(frozen, dtype)
         terms["perceptual"] = losses.perceptual_loss(
             features, prediction, driving, loss.pyramid_scales, loss.perceptual
+        )
+    if loss.reconstruction:
+        terms["reconstruction"] = loss.reconstruction * losses.reconstruction_loss(
+            prediction, driving
         )
 
     kp_d = jax.lax.stop_gradient(out["kp_driving"]["value"])

@@ -23,11 +23,18 @@ PROTOCOLS = ("self", "cross")
 
 
 def eval_pairs(
-    index: ClipIndex, protocol: str, *, seed: int = 0, max_clips: int = 0, max_frames: int = 0
+    index: ClipIndex,
+    protocol: str,
+    *,
+    seed: int = 0,
+    clips_per_identity: int = 0,
+    max_clips: int = 0,
+    max_frames: int = 0,
 ) -> np.ndarray:
     """[N, 5] int64 rows (source clip, source frame, driving clip, driving frame, initial
-    frame of the driving clip) of the protocol; max_clips / max_frames (0 = all) cut the
-    number of driving clips and of driving frames per clip."""
+    frame of the driving clip) of the protocol; clips_per_identity / max_clips / max_frames
+    (0 = all) keep the first clips of each identity, then cut the number of driving clips
+    and of driving frames per clip."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if protocol == "cross" and index.num_identities < 2:
@@ -36,8 +43,10 @@ def eval_pairs(
         )
     rng = np.random.default_rng(seed)
     rows = []
-    num_clips = len(index.clips) if max_clips <= 0 else min(max_clips, len(index.clips))
-    for clip in range(num_clips):
+    clips = np.arange(len(index.clips))
+    if clips_per_identity > 0:
+        clips = np.sort(np.concatenate([of[:clips_per_identity] for of in index.clips_of]))
+    for clip in clips[:max_clips] if max_clips > 0 else clips:
         first = 1 if protocol == "self" else 0  # self: frame 0 is the source, not a target
         frames = np.arange(first, index.lengths[clip])
         frames = frames[:max_frames] if max_frames > 0 else frames
@@ -53,12 +62,14 @@ def eval_pairs(
 def protocol_pairs(
     config: ml_collections.ConfigDict, protocol: str, *, limit: int = 0, index=None
 ) -> np.ndarray:
-    """The `eval_pairs` rows of a config's eval split (data.seed, data.eval.max_clips,
-    data.eval.max_frames), the first `limit` of them (0 = all)."""
+    """The `eval_pairs` rows of a config's eval split (data.seed, data.eval's
+    clips_per_identity, max_clips, max_frames), the first `limit` of them (0 = all)."""
     data = sources.data_section(config)
     index = sources.open_split(data, data.eval_split).index if index is None else index
     pairs = eval_pairs(
         index, protocol, seed=data.seed,
+        # Runs saved before clips_per_identity existed evaluated every clip.
+        clips_per_identity=data.eval.get("clips_per_identity", 0),
         max_clips=data.eval.max_clips, max_frames=data.eval.max_frames,
     )  # fmt: skip
     return pairs[:limit] if limit > 0 else pairs

@@ -53,6 +53,13 @@ def test_cross_reenactment_protocol(data_dir):
     assert got == rows(config_for(data_dir), "cross")  # deterministic
 
 
+def test_clips_per_identity_keeps_each_identitys_first_clips(data_dir):
+    got = rows(config_for(data_dir, clips_per_identity=1), "self")
+    assert got == [((i, 0, 0), (i, 0, t), (i, 0, 0)) for i in (3, 4) for t in range(1, 5)]
+    got = rows(config_for(data_dir, clips_per_identity=1, max_clips=1, max_frames=2), "self")
+    assert got == [((3, 0, 0), (3, 0, t), (3, 0, 0)) for t in (1, 2)]
+
+
 def test_padding_and_limits(data_dir):
     batches = list(
         eval_iter.make_eval_iter(config_for(data_dir, max_clips=1, max_frames=2), "self")

@@ -34,7 +34,9 @@ def test_a_few_dozen_steps_lower_the_held_out_l1(tmp_path_factory):
     # this test), two pyramid scales, on a small synthetic_heads set (built in seconds).
     config = common.load_config(str(ROOT / "configs" / "tiny.py:fomm"))
     config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
-    config.data.synthetic.update(train_identities=3, clips_per_identity=2, frames_per_clip=8)
+    config.data.synthetic.update(
+        train_identities=3, test_identities=2, clips_per_identity=2, frames_per_clip=8
+    )
     config.data.batch_size = 4
     config.loss.pyramid_scales = (1.0, 0.5)
     config.optim.learning_rate = 2e-3  # moves a fresh generator within a few dozen steps

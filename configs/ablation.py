@@ -3,8 +3,9 @@
 The rows of the paper's Table 3 (its ablation) at configs/demo.py's sizes, data and schedule,
 for `python -m benchmarks.learning`. Each row switches on the components its name lists on
 top of FOMM's networks; everything else (data, batch, learning-rate schedule, perceptual
-network, the generator's objective: eq. (11)'s beta, the LSGAN term of eq. (9) and feature
-matching) is the same in every row, so two rows differ only by what their names say.
+network, the generator's objective: eq. (11)'s beta, the LSGAN term of eq. (9), feature
+matching and the demo's pixel L1) is the same in every row, so two rows differ only by what
+their names say.
 
 - 3dmm: the 3D motion as an extra dense motion with the rendered face as input (eq. (4)).
 - cbam: CBAM skips in the keypoint detector's and the dense motion network's hourglasses.

@@ -1,4 +1,4 @@
-"""python -m benchmarks.learning [--rows fomm,maskrenderer] [--seeds 0,1] [--steps 1000]
+"""python -m benchmarks.learning [--rows fomm,maskrenderer] [--seeds 0,1] [--steps N]
     [--limit N] [--max-frames N] [--runs workdirs/learning] [--write]
 
 The paper's Table 3 (its ablation) in miniature on synthetic_heads: each row of
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks import plots, report
-from configs import ablation, common
+from configs import ablation, common, demo
 from maskrenderer_jax.evaluation import backends
 from maskrenderer_jax.evaluation import report as eval_report
 from maskrenderer_jax.evaluation.protocol import HIGHER_IS_BETTER, Evaluator
@@ -132,7 +132,12 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", default=",".join(ablation.ROWS),
                         help=f"comma-separated, of {list(ablation.ROWS)}")  # fmt: skip
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps of every run")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=demo.NUM_STEPS,
+        help="training steps of every run (default: the demo's)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N frames (0: all)")
     parser.add_argument("--max-frames", type=int, default=0,
                         help="evaluate N frames of each held-out clip (0: all)")  # fmt: skip

@@ -110,7 +110,7 @@ def test_epoch_schedule_resolves_into_steps():
     plan = run_plan.resolve(short, steps_per_epoch=50)
     assert plan.triplet_start_step is None and plan.triplet_phases() == (False,)
     plan = run_plan.resolve(load("demo.py"), steps_per_epoch=50)
-    assert (plan.num_steps, plan.milestones) == (1000, (600,))
+    assert (plan.num_steps, plan.milestones) == (1400, (840,))
     # demo: alpha 0, so no triplet phase however triplet_start_step reads.
     assert plan.triplet_start_step is None and plan.triplet_phases() == (False,)
     # FOMM's vox-256: no triplet loss, no discriminator (generator_gan 0), no 3D branch.

@@ -379,7 +379,6 @@ def reenact_batch(config, variables: dict, batch: dict, frozen: dict, **apply_kw
 def make_preview_fn(config: ml_collections.ConfigDict) -> Callable[[GANState, dict, dict], dict]:
     """(state, batch, frozen) -> images for the logs, inference-mode forward: source, driving,
     prediction, occlusion masks (each resized to the image), and the rendered 3D face."""
-    model = mr.build_model(config.model)
     size = config.model.image_size
 
     def preview(state: GANState, batch: dict, frozen: dict) -> dict:
@@ -391,7 +390,7 @@ def make_preview_fn(config: ml_collections.ConfigDict) -> Callable[[GANState, di
             shape = (occlusion.shape[0], size, size, 3)
             images[f"occlusion_{i}"] = jax.image.resize(occlusion.astype(jnp.float32), shape,
                                                         "nearest")  # fmt: skip
-        if model.uses_3d:
+        if inputs_3d:  # {} without the 3D branch
             images["rendered_3d"] = inputs_3d["rendered_3d"]
         return images
 

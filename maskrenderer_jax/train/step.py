@@ -39,16 +39,6 @@ COEFF_KEYS = ("source_coeffs", "driving_coeffs", "cross_coeffs")
 TRANSFORM_KEYS = ("theta", "control_params")
 # The eq. (11) split: alpha * L_T + beta * (every other generator term).
 TRIPLET = "triplet"
-GENERATOR_TERMS = (
-    "perceptual",
-    "reconstruction",
-    "generator_gan",
-    "feature_matching",
-    "equivariance_value",
-    "equivariance_jacobian",
-    "warping",
-    TRIPLET,
-)
 
 
 def step_inputs(batch: dict, config: ml_collections.ConfigDict) -> dict:

@@ -62,7 +62,7 @@ def no_compile(monkeypatch):
     monkeypatch.setattr(Trainer, "init_state", zeros_state)
     monkeypatch.setattr(Trainer, "compile", lambda self, batch: [])
     monkeypatch.setattr(Trainer, "step", fake_step)
-    monkeypatch.setattr(Trainer, "preview", lambda self, state, batch: {})
+    monkeypatch.setattr(Trainer, "preview", lambda self, state, batch: [])
     monkeypatch.setattr(loop.MetricsWriter, "write_images", lambda self, step, images: None)
 
 

@@ -243,6 +243,22 @@ def test_the_reconstruction_term_is_logged_when_weighted(data_dir):
     assert metrics["reconstruction"].shape == ()
 
 
+def test_the_preview_rows_come_in_the_grids_order(data_dir):
+    """source, driving, prediction, a row per occlusion mask, the rendered face: a list, as a
+    jitted dict would come back with its keys sorted (driving on top)."""
+    config = tiny(data_dir)
+    state, batch, frozen, _ = abstract_step_inputs(config)
+    traced = jax.make_jaxpr(step.make_preview_fn(config))(state, batch, frozen).jaxpr
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(batch)[0]]
+    first = len(jax.tree.leaves(state))  # the jaxpr's inputs: state, batch, frozen, flattened
+    batch_vars = dict(zip(paths, traced.invars[first : first + len(paths)], strict=True))
+    masks = config.model.dense_motion.num_occlusion_masks
+    assert masks > 1 and len(traced.outvars) == 3 + masks + 1
+    assert traced.outvars[:2] == [batch_vars["['source']"], batch_vars["['driving']"]]
+    size = config.model.image_size
+    assert {tuple(v.aval.shape) for v in traced.outvars} == {(2, size, size, 3)}
+
+
 def test_online_regressor_coefficients_need_no_batch_coefficients(data_dir):
     """face3d.coefficients='regressor': the frozen ReconNet regresses every frame's 3DMM
     coefficients inside the step; the batch needs none, the frozen set has the net."""
@@ -468,7 +484,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
 
     monkeypatch.setattr(Trainer, "compile", lambda self, batch: [])
     monkeypatch.setattr(Trainer, "step", fake_step)
-    monkeypatch.setattr(Trainer, "preview", lambda self, state, batch: {})
+    monkeypatch.setattr(Trainer, "preview", lambda self, state, batch: [])
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite perceptual at step 3"):
         loop.train(config, tmp_path)
     checkpoints = Checkpoints(tmp_path, config.checkpoint)

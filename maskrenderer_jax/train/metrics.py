@@ -145,11 +145,10 @@ class MetricsWriter:
         self._jsonl.flush()
         self._tb.flush()
 
-    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    def write_images(self, step: int, rows: list[np.ndarray]) -> None:
+        """One grid image of `rows` ([N, H, W, 3] each, top to bottom; Trainer.preview's)."""
         if self.enabled:
-            # A row per name in the dict's order: source, driving, prediction, occlusion
-            # masks, rendered face.
-            grid = media.image_grid(list(images.values()))
+            grid = media.image_grid(rows)
             self._tb.add_image("samples", grid, step, dataformats="HWC")
             self._tb.flush()
 

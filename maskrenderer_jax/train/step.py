@@ -366,22 +366,21 @@ def reenact_batch(config, variables: dict, batch: dict, frozen: dict, **apply_kw
     return out, inputs_3d
 
 
-def make_preview_fn(config: ml_collections.ConfigDict) -> Callable[[GANState, dict, dict], dict]:
-    """(state, batch, frozen) -> images for the logs, inference-mode forward: source, driving,
-    prediction, occlusion masks (each resized to the image), and the rendered 3D face."""
+def make_preview_fn(config: ml_collections.ConfigDict) -> Callable[[GANState, dict, dict], list]:
+    """(state, batch, frozen) -> the log grid's rows, top to bottom, inference-mode forward:
+    source, driving, prediction, occlusion masks (each resized to the image), the rendered 3D
+    face. A list, because a jitted dict comes back with its keys sorted."""
     size = config.model.image_size
 
-    def preview(state: GANState, batch: dict, frozen: dict) -> dict:
+    def preview(state: GANState, batch: dict, frozen: dict) -> list[jax.Array]:
         variables = {"params": state.generator, "batch_stats": state.generator_stats}
         out, inputs_3d = reenact_batch(config, variables, batch, frozen, train=False)
-        images = {k: batch[k] for k in ("source", "driving")}
-        images["prediction"] = out["prediction"].astype(jnp.float32)
-        for i, occlusion in enumerate(out.get("occlusion_maps") or ()):
+        rows = [batch["source"], batch["driving"], out["prediction"].astype(jnp.float32)]
+        for occlusion in out.get("occlusion_maps") or ():
             shape = (occlusion.shape[0], size, size, 3)
-            images[f"occlusion_{i}"] = jax.image.resize(occlusion.astype(jnp.float32), shape,
-                                                        "nearest")  # fmt: skip
+            rows.append(jax.image.resize(occlusion.astype(jnp.float32), shape, "nearest"))
         if inputs_3d:  # {} without the 3D branch
-            images["rendered_3d"] = inputs_3d["rendered_3d"]
-        return images
+            rows.append(inputs_3d["rendered_3d"])
+        return rows
 
     return preview

@@ -181,8 +181,9 @@ class Trainer:
             batch = self.device_batch(batch)
         return compiled(state, batch, self.frozen)
 
-    def preview(self, state: GANState, batch: dict) -> dict[str, np.ndarray]:
-        """Log images of the first rows of `batch` (see step.make_preview_fn), on the host."""
+    def preview(self, state: GANState, batch: dict) -> list[np.ndarray]:
+        """The log grid's rows for the first examples of `batch` (see step.make_preview_fn),
+        on the host."""
         if self._preview is None:
             preview = make_preview_fn(self.config)
             self._preview = jax.jit(

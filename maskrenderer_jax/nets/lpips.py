@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrenderer_jax.models.layers import Conv
+from maskrenderer_jax.models.layers import Conv, max_pool2x2
 from maskrenderer_jax.nets import random_weights
 
 Dtype = Any
@@ -104,6 +104,11 @@ def backbone_features(x: jax.Array, net: str, dtype: Dtype, param_dtype: Dtype) 
     outputs = []
     for _, layers in spec.slices:
         for layer in layers:
+            if layer == "pool" and spec.pool == 2:
+                # Not reduce_window: its gradient (select_and_scatter) is a scatter on XLA:CPU
+                # with four int32 index maps of the input's size.
+                x = max_pool2x2(x)
+                continue
             if layer == "pool":
                 x = nn.max_pool(x, (spec.pool,) * 2, strides=(2, 2), padding="VALID")
                 continue

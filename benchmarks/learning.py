@@ -123,9 +123,10 @@ def table(rows: dict[str, list[dict]]) -> str:
     lines.append("|---|---|" + "---|" * len(head) + "---|")
     for label, results in rows.items():
         cells = [cell(results, p, c) for p, columns in COLUMNS.items() for c in columns]
-        trained = "workdir" in results[0]  # not the copy-source row
-        took = f"{statistics.fmean(step_minutes(r['workdir']) for r in results):.1f} min"
-        seeds, took = (str(len(results)), took) if trained else ("—", "—")
+        seeds = took = "—"  # the copy-source row
+        if "workdir" in results[0]:
+            seeds = str(len(results))
+            took = f"{statistics.fmean(step_minutes(r['workdir']) for r in results):.1f} min"
         lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + f" | {took} |")
     return "\n".join(lines)
 

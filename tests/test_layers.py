@@ -96,9 +96,13 @@ def test_antialias_downsample_matches_fomm(scale, shape):
     [(layers.avg_pool2x2, F.avg_pool2d), (layers.max_pool2x2, F.max_pool2d)],
 )
 @pytest.mark.parametrize("shape", [(2, 8, 12, 3), (1, 7, 9, 2)])
-def test_2x2_pools_and_their_gradients_match_torch(pool, torch_pool, shape):
-    """Distinct values (no ties in a max window); odd sizes drop the last row/column."""
-    x = np.random.default_rng(5).permutation(np.prod(shape)).reshape(shape).astype(np.float32)
+@pytest.mark.parametrize("ties", [False, True])
+def test_2x2_pools_and_their_gradients_match_torch(pool, torch_pool, shape, ties):
+    """Distinct values, or three values only (a max window holding its maximum twice or more:
+    the gradient goes to the first, as torch's); odd sizes drop the last row/column."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, shape) if ties else rng.permutation(np.prod(shape)).reshape(shape)
+    x = x.astype(np.float32)
     x_torch = torch_utils.nchw(x).requires_grad_(True)
     expected = torch_pool(x_torch, 2)
     got, vjp = jax.vjp(pool, jnp.asarray(x))

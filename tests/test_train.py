@@ -515,3 +515,25 @@ def test_cpu_compiler_options_update_donated_parameters_and_adam_state_in_place(
     copies = lambda options: lowered.compile(options).as_text().split("ENTRY")[1].count(" copy(")
     assert copies(None) > 0
     assert copies(CPU_COMPILER_OPTIONS) == 0
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
+def test_cpu_compiler_options_schedule_for_a_smaller_memory_peak():
+    """A six-conv network's gradient: XLA:CPU's default scheduler computes the kernel
+    transposes of the input gradients early and keeps them across the peak; with the Trainer's
+    memory-optimised scheduler the program needs fewer temporaries (4.0 vs 6.75 MiB). If the
+    assertion fails, the option no longer buys anything."""
+    conv = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+    def loss(kernels, x):
+        for kernel in kernels:
+            x = jax.nn.relu(conv(x, kernel))
+        return jnp.sum(x**2)
+
+    kernels = [jnp.full((3, 3, 256, 256), 0.01) for _ in range(6)]
+    lowered = jax.jit(jax.grad(loss)).lower(kernels, jnp.ones((2, 16, 16, 256)))
+    temporaries = lambda options: lowered.compile(options).memory_analysis().temp_size_in_bytes
+    default = {k: v for k, v in CPU_COMPILER_OPTIONS.items() if k != "xla_cpu_scheduler_type"}
+    assert temporaries(CPU_COMPILER_OPTIONS) < 0.8 * temporaries(default)

@@ -14,7 +14,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from maskrenderer_jax.models.layers import coordinate_grid, warp
+from maskrenderer_jax.models.layers import coordinate_grid, inverse_2x2, warp
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -163,7 +163,7 @@ def equivariance_losses(kp_driving: dict, kp_transformed: dict, transform: TPSTr
             precision=_HI,
         )
         normed = jnp.matmul(
-            jnp.linalg.inv(kp_driving["jacobian"].astype(jnp.float32)), jac_t, precision=_HI
+            inverse_2x2(kp_driving["jacobian"].astype(jnp.float32)), jac_t, precision=_HI
         )
         out["equivariance_jacobian"] = jnp.mean(jnp.abs(jnp.eye(2, dtype=jnp.float32) - normed))
     return out

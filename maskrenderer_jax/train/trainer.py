@@ -39,8 +39,9 @@ PREVIEW_ROWS = 4
 # to the backward pass, across the memory peak. Its memory-optimised scheduler (an XLA:CPU
 # option) orders for the smallest peak. Temporaries, default -> memory-optimised: FOMM vox-256
 # 1652 -> 1340 MiB (step RSS growth 1800 -> 1440), MaskRenderer tiny 336 -> 172, FOMM tiny
-# 107 -> 99; the step ~1-2% slower (vox-256 4.22 -> 4.29 s, MaskRenderer tiny 0.69 -> 0.70,
-# side by side, 2026-12-02). The results are the same (bitwise).
+# 107 -> 99. It leaves the two cores less to run at once: the step takes 1-6% more wall time
+# (side by side, 2026-12-02: vox-256 4.22 -> 4.29 s; MaskRenderer tiny 0.69 -> 0.70 and
+# 0.75 -> 0.79 s in two pairs) and 0-6% less CPU time. The results are the same (bitwise).
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_copy_insertion_use_region_analysis": True,
     "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
